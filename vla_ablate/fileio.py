@@ -1,0 +1,53 @@
+"""Atomic file writes: a file either holds its old content or its complete new content.
+
+Every checkpoint, summary and cached dataset goes through here, so a run killed at any moment
+(even by SIGKILL) leaves no truncated file behind: data goes to a temporary file in the same
+folder, is flushed to disk, and is renamed over the target (rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_write(path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def write_json(path, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def json_line(record) -> str:
+    return json.dumps(record, default=_json_default) + "\n"
