@@ -1,0 +1,100 @@
+"""Multi-head self-attention written out, with an SDPA twin and a preallocated KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_ablate.model.positions.rope import apply_rotary
+
+ATTN_IMPLS = ("manual", "sdpa")
+
+
+class KVCache(nn.Module):
+    """Fixed-shape key/value buffers of (B, H, max_len, D), written at explicit positions.
+
+    ``update`` stores the new keys/values at ``input_pos`` and returns the filled prefix
+    [0, end), so decoding attends over exactly the tokens seen so far and never recomputes them.
+    """
+
+    def __init__(self, batch_size, num_heads, max_len, head_dim, dtype=torch.float32,
+                 device=None):
+        super().__init__()
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device),
+                             persistent=False)
+
+    def update(self, input_pos: torch.Tensor, end: int, k: torch.Tensor, v: torch.Tensor):
+        self.k_cache.index_copy_(2, input_pos, k)
+        self.v_cache.index_copy_(2, input_pos, v)
+        return self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """scores = Q K^T / sqrt(d) + M, softmax, times V; M is added before the softmax.
+
+    ``M`` comes from the model: 0 where a query may look, -inf where the causal mask forbids it,
+    plus any positional bias (ALiBi). With ``causal=False`` the mask is absent (the audit).
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, attn_impl: str = "manual"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got '{attn_impl}'")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.attn_impl = attn_impl
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.kv_cache: KVCache | None = None
+        self.last_attn: torch.Tensor | None = None  # (B, H, Tq, Tk) when weights are requested
+
+    def forward(self, x, rotary=None, attn_mask=None, is_causal=False, input_pos=None, end=None,
+                need_weights=False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(self.dim, dim=2)
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if rotary is not None:  # rotate at absolute positions *before* caching the keys
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if self.kv_cache is not None and input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, end, k, v)  # (B, nh, end, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attn_impl == "sdpa" and not need_weights:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                is_causal=is_causal and attn_mask is None,
+            )
+        else:
+            y = self._manual(q, k, v, attn_mask, is_causal, dropout_p, need_weights)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.out_proj(y))
+
+    def _manual(self, q, k, v, attn_mask, is_causal, dropout_p, need_weights):
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, Tq, Tk)
+        if is_causal and attn_mask is None:
+            Tq, Tk = scores.shape[-2:]
+            attn_mask = causal_mask(Tq, Tk, scores.device)
+        if attn_mask is not None:
+            scores = scores + attn_mask
+        weights = torch.softmax(scores, dim=-1)
+        if need_weights:
+            self.last_attn = weights.detach()
+        if dropout_p:
+            weights = F.dropout(weights, p=dropout_p)
+        return weights @ v  # (B, nh, Tq, hs)
+
+
+def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
+    """Additive (tq, tk) mask for queries at the last tq of tk positions: 0 allowed, -inf not."""
+    allowed = torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
+    return torch.zeros(tq, tk, device=device).masked_fill(~allowed, float("-inf"))

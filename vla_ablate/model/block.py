@@ -1,0 +1,36 @@
+"""The pre-norm Transformer block and its SwiGLU feed-forward."""
+
+import torch.nn.functional as F
+from torch import nn
+
+from vla_ablate.model.attention import CausalSelfAttention
+from vla_ablate.model.norm import RMSNorm
+
+
+class FeedForward(nn.Module):
+    """SwiGLU (Shazeer, 2020): three matrices, down(silu(gate(x)) * up(x)), as in Llama."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden_dim, bias=False)
+        self.up = nn.Linear(dim, hidden_dim, bias=False)
+        self.down = nn.Linear(hidden_dim, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm1(x)), then + feed_forward(norm2(x)) (pre-norm)."""
+
+    def __init__(self, dim, num_heads, ff_hidden_dim, dropout=0.0, attn_impl="manual"):
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attention = CausalSelfAttention(dim, num_heads, dropout, attn_impl)
+        self.norm2 = RMSNorm(dim)
+        self.feed_forward = FeedForward(dim, ff_hidden_dim, dropout)
+
+    def forward(self, x, **attn_kwargs):
+        x = x + self.attention(self.norm1(x), **attn_kwargs)
+        return x + self.feed_forward(self.norm2(x))

@@ -1,0 +1,185 @@
+"""The decoder-only Transformer over action tokens, with cached and uncached generation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_ablate.model.attention import KVCache, causal_mask
+from vla_ablate.model.block import TransformerBlock
+from vla_ablate.model.norm import RMSNorm
+from vla_ablate.model.positions import build_positional_encoding
+
+
+class DecoderOnlyTransformer(nn.Module):
+    """Token embedding -> positional encoding -> N pre-norm blocks -> RMSNorm -> lm_head.
+
+    The defaults of the extra arguments give the assignment's model: RoPE, a causal mask and a
+    KV cache for generation. ``forward(input_ids, targets=None)`` returns ``(logits, loss)``.
+    """
+
+    def __init__(self, vocab_size=256, dim=256, num_layers=4, num_heads=8, ff_hidden_dim=1024,
+                 max_seq_len=200, dropout=0.1, pos="rope", causal=True, use_cache=True,
+                 attn_impl="manual", pos_base=10000.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.model_args = dict(
+            vocab_size=vocab_size, dim=dim, num_layers=num_layers, num_heads=num_heads,
+            ff_hidden_dim=ff_hidden_dim, max_seq_len=max_seq_len, dropout=dropout, pos=pos,
+            causal=causal, use_cache=use_cache, attn_impl=attn_impl, pos_base=pos_base,
+        )
+        self.max_seq_len, self.causal, self.use_cache = max_seq_len, causal, use_cache
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.pos_encoding = build_positional_encoding(
+            pos, dim=dim, num_heads=num_heads, max_seq_len=max_seq_len, base=pos_base
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, num_heads, ff_hidden_dim, dropout, attn_impl)
+            for _ in range(num_layers)
+        )
+        self.norm_final = RMSNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith(("out_proj.weight", "down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / (2 * num_layers) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids, targets=None, input_pos=None, need_weights=False):
+        """Logits (B, T, V) and the mean cross-entropy against ``targets`` (or None).
+
+        ``input_pos`` (T,) are the tokens' absolute positions; passing it reads and writes the KV
+        cache set up by ``setup_cache`` (the positions must follow the ones already cached).
+        """
+        hidden = self.hidden_states(input_ids, input_pos, need_weights)
+        logits = self.lm_head(hidden)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    def hidden_states(self, input_ids, input_pos=None, need_weights=False):
+        B, T = input_ids.shape
+        cached = input_pos is not None
+        if input_pos is None:
+            input_pos = torch.arange(T, device=input_ids.device)
+        end = int(input_pos[-1]) + 1
+        if end > self.max_seq_len:
+            raise ValueError(f"position {end - 1} is beyond max_seq_len={self.max_seq_len}")
+        x = self.token_embedding(input_ids)  # (B, T, C)
+        x = self.dropout(self.pos_encoding.add_to_embedding(x, input_pos))
+        attn_mask, is_causal = self._attention_mask(T, end, input_pos, x.device)
+        kwargs = dict(
+            rotary=self.pos_encoding.rotary(input_pos), attn_mask=attn_mask, is_causal=is_causal,
+            input_pos=input_pos if cached else None, end=end, need_weights=need_weights,
+        )
+        for block in self.blocks:
+            x = block(x, **kwargs)
+        return self.norm_final(x)
+
+    def _attention_mask(self, tq, tk, input_pos, device):
+        """The additive mask M for queries at ``input_pos`` over keys 0..tk-1.
+
+        Returns (mask or None, is_causal): a plain causal full pass is flagged rather than
+        materialised, and a one-token decode step needs no mask at all.
+        """
+        k_pos = torch.arange(tk, device=device)
+        bias = self.pos_encoding.attention_bias(input_pos, k_pos, self.causal)
+        if not self.causal or tq == 1:
+            return bias, False
+        if bias is None:
+            return (None, True) if tq == tk else (causal_mask(tq, tk, device), False)
+        return bias + causal_mask(tq, tk, device), False
+
+    @torch.no_grad()
+    def attention_maps(self, input_ids):
+        """Attention weights of every layer: a list of (B, H, T, T) tensors."""
+        was_training = self.training
+        self.eval()
+        try:
+            self.hidden_states(input_ids, need_weights=True)
+            return [block.attention.last_attn for block in self.blocks]
+        finally:
+            for block in self.blocks:
+                block.attention.last_attn = None
+            self.train(was_training)
+
+    # ------------------------------------------------------------------ KV cache
+
+    def setup_cache(self, batch_size, max_len=None, dtype=None, device=None):
+        """Preallocate every layer's KV cache for ``batch_size`` sequences of ``max_len``."""
+        max_len = self.max_seq_len if max_len is None else max_len
+        ref = self.lm_head.weight
+        for block in self.blocks:
+            block.attention.kv_cache = KVCache(
+                batch_size, self.num_heads, max_len, self.head_dim,
+                dtype=dtype or ref.dtype, device=device or ref.device,
+            )
+
+    def clear_cache(self):
+        for block in self.blocks:
+            block.attention.kv_cache = None
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.inference_mode()
+    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, use_cache=None):
+        """Append ``max_new_tokens`` sampled tokens to ``input_ids`` (B, T0); returns (B, T0+n).
+
+        ``top_k=1`` is greedy. ``use_cache=None`` takes the model's setting. The cached path
+        prefills the prompt once and then feeds one token per step at its absolute position;
+        the uncached path reruns the whole sequence every step. Both see the same context.
+        """
+        use_cache = self.use_cache if use_cache is None else use_cache
+        B, T0 = input_ids.shape
+        if T0 + max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds "
+                f"max_seq_len={self.max_seq_len}"
+            )
+        was_training = self.training
+        self.eval()
+        out = torch.empty(B, T0 + max_new_tokens, dtype=input_ids.dtype, device=input_ids.device)
+        out[:, :T0] = input_ids
+        try:
+            if use_cache:
+                self.setup_cache(B, T0 + max_new_tokens)
+                positions = torch.arange(T0 + max_new_tokens, device=input_ids.device)
+                hidden = self.hidden_states(input_ids, positions[:T0])
+                for t in range(T0, T0 + max_new_tokens):
+                    out[:, t] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
+                    if t + 1 < T0 + max_new_tokens:
+                        hidden = self.hidden_states(out[:, t : t + 1], positions[t : t + 1])
+            else:
+                for t in range(T0, T0 + max_new_tokens):
+                    hidden = self.hidden_states(out[:, :t])
+                    out[:, t] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
+        finally:
+            self.clear_cache()
+            self.train(was_training)
+        return out
+
+    @staticmethod
+    def _sample(logits, temperature, top_k):
+        if top_k == 1:
+            return logits.argmax(-1)
+        logits = logits.float() / max(temperature, 1e-8)
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(-1)
