@@ -1,0 +1,199 @@
+"""The structured-config schema (registered with Hydra's ConfigStore) and the value checks.
+
+The schema makes Hydra reject unknown keys and wrong types at composition; ``validate`` then
+checks values that a type cannot express, before any work, with one clear line each.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message is one line for the user."""
+
+
+@dataclass
+class DataConfig:
+    num_trajectories: int = 10000
+    seq_length: int = 50
+    seed: int = 42
+    train_split: float = 0.9
+    path: str | None = None  # a dataset file to use instead of generating one
+    cache_dir: str | None = None  # default: <launch dir>/outputs/datasets
+    fresh_per_epoch: bool = False  # draw new training trajectories every epoch
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    ff_hidden_dim: int = 1024
+    max_seq_len: int = 200
+    dropout: float = 0.0
+    attn_impl: str = "manual"
+
+
+@dataclass
+class PosConfig:
+    name: str = "rope"
+    base: float = 10000.0
+
+
+@dataclass
+class MaskConfig:
+    name: str = "causal"
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    log_every: int = 50
+    eval_every: int = 250
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
+    num_threads: int = 0  # 0: the machine's cores divided among concurrent jobs
+    concurrent_jobs: int = 1  # jobs sharing this machine (the joblib launcher sets it)
+    device: str = "auto"
+    share_models: bool = True  # jobs differing only in inference settings share one model
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    audit_trajectories: int = 128
+    extrapolation_factors: list[int] = field(default_factory=lambda: [2, 4])
+    extrapolation_trajectories: int = 256
+    gen_prompt_len: int = 10
+    gen_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    gen_new_tokens: list[int] = field(default_factory=lambda: [50, 150])
+    gen_repeats: int = 3
+    attention_maps: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "vla-ablate"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pos: PosConfig = field(default_factory=PosConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    for group, node in [("data", DataConfig), ("model", ModelConfig), ("pos", PosConfig),
+                        ("mask", MaskConfig), ("cache", CacheConfig), ("train", TrainConfig),
+                        ("logger", LoggerConfig)]:
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def validate(cfg: Any) -> None:
+    """Raise ``ConfigError`` for the first value that cannot work."""
+    from vla_ablate.model.factory import model_args_from_config
+
+    d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    positive = {
+        "data.num_trajectories": d.num_trajectories, "model.dim": m.dim,
+        "model.num_layers": m.num_layers, "model.num_heads": m.num_heads,
+        "model.ff_hidden_dim": m.ff_hidden_dim, "model.max_seq_len": m.max_seq_len,
+        "train.steps": t.steps, "train.batch_size": t.batch_size, "train.log_every": t.log_every,
+        "train.eval_every": t.eval_every, "train.checkpoint_every": t.checkpoint_every,
+        "train.concurrent_jobs": t.concurrent_jobs,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
+    checks = [
+        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (0 <= t.min_lr <= t.lr, f"train.min_lr must lie in [0, train.lr], got {t.min_lr}"),
+        (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
+        (t.grad_clip > 0, f"train.grad_clip must be > 0, got {t.grad_clip}"),
+        (t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"),
+        (t.num_threads >= 0, f"train.num_threads must be >= 0, got {t.num_threads}"),
+        (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
+         f"train.device must be auto, cpu, cuda or mps, got '{t.device}'"),
+        (0 <= m.dropout < 1, f"model.dropout must lie in [0, 1), got {m.dropout}"),
+        (d.seq_length >= 2, f"data.seq_length must be >= 2, got {d.seq_length}"),
+        (d.seq_length <= m.max_seq_len,
+         f"data.seq_length ({d.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})"),
+        (0 < d.train_split < 1, f"data.train_split must lie in (0, 1), got {d.train_split}"),
+        (cfg.logger.name in ("csv", "wandb", "none"),
+         f"logger must be csv, wandb or none, got '{cfg.logger.name}'"),
+        (cfg.logger.wandb.mode in ("offline", "online", "disabled"),
+         f"logger.wandb.mode must be offline, online or disabled, got '{cfg.logger.wandb.mode}'"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if d.path is None:
+        n_train = int(d.num_trajectories * d.train_split)
+        if n_train < 1 or n_train >= d.num_trajectories:
+            raise ConfigError(
+                f"data.num_trajectories={d.num_trajectories} with data.train_split={d.train_split} "
+                "leaves an empty train or validation split"
+            )
+    else:
+        path = Path(d.path)
+        if not path.is_file():
+            raise ConfigError(f"data.path does not exist or is not a file: {d.path}")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"data.path is not readable: {d.path}")
+    if e.enabled:
+        longest = d.seq_length * max(e.extrapolation_factors, default=1)
+        if longest > m.max_seq_len:
+            raise ConfigError(
+                f"eval.extrapolation_factors need sequences of {longest} tokens, beyond "
+                f"model.max_seq_len ({m.max_seq_len})"
+            )
+        gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)
+        if gen_len > m.max_seq_len:
+            raise ConfigError(
+                f"eval.gen_prompt_len + eval.gen_new_tokens need {gen_len} positions, beyond "
+                f"model.max_seq_len ({m.max_seq_len})"
+            )
+        if not 1 <= e.gen_prompt_len <= d.seq_length:
+            raise ConfigError(f"eval.gen_prompt_len must lie in [1, data.seq_length], got {e.gen_prompt_len}")
+    try:
+        model_args_from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,332 @@
+"""The training loop: teacher forcing, AdamW with warmup + cosine, checkpoints and resume.
+
+Everything a resumed run needs to continue exactly as if it had never stopped lives in a
+checkpoint: weights, optimizer moments, the step (which fixes the learning rate and the batch
+order) and the torch RNG state (dropout). Batches are a pure function of (seed, step), so the
+data order needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vla_ablate.data import derived_seed
+from vla_ablate.fileio import atomic_torch_save, write_json
+from vla_ablate.runfolder import MetricsFile
+
+CHECKPOINT_FORMAT = "vla-ablate-checkpoint"
+_STEP_CKPT = re.compile(r"step_(\d+)\.pt$")
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved")
+        self.step, self.signum = step, signum
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | diverged
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    train_time_s: float
+    diverged_step: int | None = None
+    resumed_from: int | None = None
+    tokens_per_s: float | None = None
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+class BatchSource:
+    """Training batches as a pure function of the step: shuffled epochs, drop-last.
+
+    Epoch e is a permutation seeded by (seed, e). With ``fresh`` (a callable epoch -> actions)
+    every epoch draws new trajectories instead of repeating the same training split.
+    """
+
+    def __init__(self, actions: torch.Tensor, batch_size: int, seed: int, fresh=None):
+        self.actions, self.batch_size, self.seed, self.fresh = actions, batch_size, seed, fresh
+        n = len(actions)
+        if n < batch_size:
+            raise ValueError(f"train.batch_size ({batch_size}) exceeds the {n} training trajectories")
+        self.steps_per_epoch = n // batch_size
+        self._epoch, self._perm, self._epoch_actions = None, None, actions
+
+    def batch(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", epoch))
+            self._perm = torch.randperm(len(self.actions), generator=gen)
+            self._epoch_actions = self.fresh(epoch) if self.fresh and epoch else self.actions
+            self._epoch = epoch
+        return self._epoch_actions[self._perm[i * self.batch_size : (i + 1) * self.batch_size]]
+
+
+def lr_at(step: int, tcfg) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``."""
+    if step < tcfg.warmup_steps:
+        return tcfg.lr * (step + 1) / tcfg.warmup_steps
+    span = max(1, tcfg.steps - tcfg.warmup_steps)
+    progress = min(1.0, (step - tcfg.warmup_steps) / span)
+    return tcfg.min_lr + 0.5 * (tcfg.lr - tcfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, tcfg):
+    """AdamW; weight decay on matrices only (not on norms' gains or biases)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def autocast_for(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def mean_loss(model, actions: torch.Tensor, device, batch_size: int = 256) -> float:
+    """Teacher-forced mean cross-entropy (nats per token) over all sequences in ``actions``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(actions), batch_size):
+            x = actions[i : i + batch_size].to(device)
+            with autocast_for(device):
+                _, loss = model(x[:, :-1], x[:, 1:])
+            n = x[:, 1:].numel()
+            total += loss.item() * n
+            count += n
+    finally:
+        model.train(was_training)
+    return total / count
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+class Checkpoints:
+    """The checkpoint folder: step_N.pt every ``checkpoint_every``, last.pt, best.pt."""
+
+    def __init__(self, folder: Path, keep: int, log=print):
+        self.folder, self.keep, self.log = Path(folder), keep, log
+
+    @property
+    def last(self):
+        return self.folder / "last.pt"
+
+    @property
+    def best(self):
+        return self.folder / "best.pt"
+
+    def save(self, state: dict, path: Path) -> None:
+        atomic_torch_save(state, path)
+
+    def save_step(self, state: dict, step: int) -> None:
+        self.save(state, self.folder / f"step_{step:07d}.pt")
+        steps = sorted(self._step_files(), reverse=True)
+        for _, old in steps[self.keep :]:
+            old.unlink(missing_ok=True)
+
+    def _step_files(self):
+        if not self.folder.is_dir():
+            return []
+        return [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _STEP_CKPT.search(p.name))]
+
+    def latest_valid(self):
+        """The loaded state of the newest checkpoint that reads back, or None.
+
+        A corrupt or truncated newest file is reported and the previous one is used instead.
+        """
+        last = load_checkpoint(self.last, log=self.log) if self.last.exists() else None
+        for step, path in sorted(self._step_files(), reverse=True):
+            if last is not None and step <= last["step"]:
+                break
+            state = load_checkpoint(path, log=self.log)
+            if state is not None:
+                return state
+        return last
+
+
+def load_checkpoint(path, log=print):
+    """A checkpoint's state dict, read with ``weights_only=True``; None (and a message) if bad."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a vla-ablate checkpoint")
+        return state
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log(f"warning: checkpoint {path} is unreadable ({reason}); skipping it")
+        return None
+
+
+def load_model_from_checkpoint(path, **overrides):
+    """Rebuild a ``DecoderOnlyTransformer`` from a checkpoint file alone."""
+    from vla_ablate.model import DecoderOnlyTransformer
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = DecoderOnlyTransformer(**{**state["model_args"], **overrides})
+    model.load_state_dict(state["model"])
+    return model
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+@contextmanager
+def stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (to save first)."""
+    flag = {"signum": None}
+
+    def handler(signum, _frame):
+        flag["signum"] = signum
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir, device,
+          seed: int, on_record=None, log=print) -> TrainResult:
+    """Train ``model`` in ``train_dir`` (checkpoints/ and metrics.jsonl), resuming if possible."""
+    train_dir = Path(train_dir)
+    ckpts = Checkpoints(train_dir / "checkpoints", tcfg.keep_checkpoints, log=log)
+    metrics = MetricsFile(train_dir)
+    model.to(device)
+    optimizer = make_optimizer(model, tcfg)
+    torch.manual_seed(seed)
+    start, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
+
+    state = ckpts.latest_valid()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"])
+        start, best_val = state["step"], state["best_val_loss"]
+        elapsed_before, resumed_from = state["elapsed_s"], state["step"]
+        log(f"resuming from checkpoint at step {start} of {tcfg.steps}")
+    records = metrics.truncate(start)
+    if on_record:
+        for rec in records:
+            on_record(rec)
+
+    def emit(record):
+        metrics.append(record)
+        if on_record:
+            on_record(record)
+
+    def snapshot(step, elapsed):
+        return {
+            "format": CHECKPOINT_FORMAT, "version": 1, "model_args": model_args,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "best_val_loss": best_val, "rng_torch": torch.get_rng_state(), "elapsed_s": elapsed,
+        }
+
+    tokens_per_step = tcfg.batch_size * (batches.actions.shape[1] - 1)
+    last_train_loss, last_val, window_loss, window_steps = None, None, 0.0, 0
+    t0 = time.perf_counter()
+    window_t0 = t0
+    progress = _progress_bar(start, tcfg) if tcfg.progress else None
+    model.train()
+    with stop_on_signals() as stop:
+        for step in range(start, tcfg.steps):
+            if stop["signum"] is not None:
+                ckpts.save(snapshot(step, elapsed_before + time.perf_counter() - t0), ckpts.last)
+                raise TrainingInterrupted(step, stop["signum"])
+            lr = lr_at(step, tcfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = batches.batch(step).to(device)
+            with autocast_for(device):
+                _, loss = model(x[:, :-1], x[:, 1:])
+            loss_value = loss.item()
+            grad_norm = None
+            if math.isfinite(loss_value):
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            if not math.isfinite(loss_value) or not torch.isfinite(grad_norm):
+                if progress:
+                    progress.close()
+                log(f"diverged at step {step + 1}: loss {loss_value}; keeping the last good checkpoint")
+                result = TrainResult("diverged", step, last_train_loss, last_val,
+                                     None if best_val == math.inf else best_val,
+                                     elapsed_before + time.perf_counter() - t0, diverged_step=step + 1,
+                                     resumed_from=resumed_from)
+                write_json(train_dir / "train_done.json", result.as_dict())
+                return result
+            optimizer.step()
+            s = step + 1
+            window_loss += loss_value
+            window_steps += 1
+            if progress:
+                progress.update(1)
+            if s % tcfg.log_every == 0 or s == tcfg.steps:
+                now = time.perf_counter()
+                last_train_loss = window_loss / window_steps
+                tps = tokens_per_step * window_steps / max(now - window_t0, 1e-9)
+                emit({"step": s, "split": "train", "loss": last_train_loss,
+                      "perplexity": math.exp(min(last_train_loss, 50)), "lr": lr,
+                      "tokens_per_s": tps, "elapsed_s": elapsed_before + now - t0})
+                if progress:
+                    progress.set_postfix(loss=f"{last_train_loss:.3f}", tok_s=f"{tps:,.0f}")
+                window_loss, window_steps, window_t0 = 0.0, 0, now
+            if s % tcfg.eval_every == 0 or s == tcfg.steps:
+                last_val = mean_loss(model, val_actions, device)
+                emit({"step": s, "split": "val", "loss": last_val,
+                      "perplexity": math.exp(min(last_val, 50)),
+                      "elapsed_s": elapsed_before + time.perf_counter() - t0})
+                if progress:
+                    progress.write(f"step {s}: val loss {last_val:.4f}")
+                if last_val < best_val:
+                    best_val = last_val
+                    ckpts.save({"format": CHECKPOINT_FORMAT, "version": 1, "model_args": model_args,
+                                "model": model.state_dict(), "step": s, "val_loss": last_val},
+                               ckpts.best)
+            if s % tcfg.checkpoint_every == 0 and s < tcfg.steps:
+                ckpts.save_step(snapshot(s, elapsed_before + time.perf_counter() - t0), s)
+    if progress:
+        progress.close()
+    elapsed = elapsed_before + time.perf_counter() - t0
+    ckpts.save(snapshot(tcfg.steps, elapsed), ckpts.last)
+    done_steps = tcfg.steps - start
+    result = TrainResult(
+        "completed", tcfg.steps, last_train_loss, last_val, best_val, elapsed,
+        resumed_from=resumed_from,
+        tokens_per_s=tokens_per_step * done_steps / max(time.perf_counter() - t0, 1e-9),
+    )
+    write_json(train_dir / "train_done.json", result.as_dict())
+    return result
+
+
+def _progress_bar(start, tcfg):
+    from tqdm import tqdm
+
+    return tqdm(total=tcfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                mininterval=1.0)
