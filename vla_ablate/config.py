@@ -126,6 +126,13 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=node)
 
 
+def check_batch_fits(batch_size: int, n_train: int) -> None:
+    if batch_size > n_train:
+        raise ConfigError(
+            f"train.batch_size ({batch_size}) exceeds the {n_train} training trajectories"
+        )
+
+
 def validate(cfg: Any) -> None:
     """Raise ``ConfigError`` for the first value that cannot work."""
     from vla_ablate.model.factory import model_args_from_config
@@ -172,6 +179,7 @@ def validate(cfg: Any) -> None:
                 f"data.num_trajectories={d.num_trajectories} with data.train_split={d.train_split} "
                 "leaves an empty train or validation split"
             )
+        check_batch_fits(t.batch_size, n_train)
     else:
         path = Path(d.path)
         if not path.is_file():

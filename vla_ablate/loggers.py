@@ -55,9 +55,9 @@ def offline_wandb_env(folder, mode="offline") -> None:
         os.environ.setdefault("WANDB_DISABLE_GIT", "true")
     os.environ["WANDB_SILENT"] = "true"
     os.environ["WANDB_DIR"] = str(folder)
-    for var, sub in [("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                     ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")]:
-        os.environ[var] = str(folder / ".wandb" / sub)
+    # not a folder named `.wandb`: wandb would take it for its run directory
+    for var, sub in [("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")]:
+        os.environ[var] = str(folder / "wandb-home" / sub)
 
 
 class WandbLogger(Logger):

@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from vla_ablate import evaluate, plots
-from vla_ablate.config import ConfigError, validate
+from vla_ablate.config import ConfigError, check_batch_fits, validate
 from vla_ablate.data import (
     DataError,
     derived_seed,
@@ -229,6 +229,7 @@ def load_data(cfg):
         train_idx, val_idx = split_indices(n, d.train_split)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_batch_fits(cfg.train.batch_size, len(train_idx))
     actions = data["actions"]
     fresh = None
     if d.fresh_per_epoch:

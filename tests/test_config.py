@@ -1,0 +1,109 @@
+"""Composition of every group option, the schema and the value checks."""
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_cfg
+from vla_ablate.config import ConfigError, validate
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_options():
+    assert {"learned", "none", "rope", "sinusoidal"} <= set(options("pos"))
+    assert options("mask") == ["causal", "none"]
+    assert options("cache") == ["off", "on"]
+    assert options("logger") == ["csv", "none", "wandb"]
+    assert "smoke" in options("debug") and "ablation" in options("experiment")
+
+
+@pytest.mark.parametrize("pos,mask,cache", itertools.product(options("pos"), options("mask"),
+                                                              options("cache")))
+def test_compose_every_ablation_combination(pos, mask, cache):
+    cfg = compose_cfg([f"pos={pos}", f"mask={mask}", f"cache={cache}"])
+    assert cfg.pos.name == pos and cfg.mask.name == mask
+    assert cfg.cache.enabled is (cache == "on")
+    validate(cfg)
+
+
+@pytest.mark.parametrize("group", ["logger", "debug", "data", "model", "train"])
+def test_compose_every_other_option(group):
+    for option in options(group):
+        cfg = compose_cfg([f"{group}={option}"] if group not in ("debug",) else [f"debug={option}"])
+        validate(cfg)
+        if group == "logger":
+            assert cfg.logger.name == option
+
+
+def test_defaults_are_the_assignment():
+    cfg = compose_cfg()
+    assert (cfg.model.dim, cfg.model.num_layers, cfg.model.num_heads,
+            cfg.model.ff_hidden_dim) == (256, 4, 8, 1024)
+    assert cfg.model.max_seq_len >= 4 * cfg.data.seq_length
+    assert cfg.pos.name == "rope" and cfg.mask.name == "causal" and cfg.cache.enabled
+    assert cfg.train.grad_clip == 1.0 and cfg.train.checkpoint_every == 1000
+    assert (cfg.data.num_trajectories, cfg.data.seq_length, cfg.data.seed) == (10000, 50, 42)
+    assert cfg.logger.name == "csv" and cfg.logger.wandb.mode == "offline"
+
+
+def test_smoke_preset_is_tiny():
+    cfg = compose_cfg(["debug=smoke"])
+    assert cfg.train.steps <= 50 and cfg.model.dim <= 32 and cfg.data.num_trajectories <= 100
+
+
+def test_ablation_experiment_declares_the_full_sweep():
+    cfg = compose_cfg(["+experiment=ablation"], hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert set(params) == {"pos", "mask", "cache", "seed"}
+    assert len(str(params["seed"]).split(",")) == 3
+    assert set(params["mask"].split(",")) == {"causal", "none"}
+    assert set(params["cache"].split(",")) == {"on", "off"}
+
+
+def test_hydra_settings():
+    cfg = compose_cfg(hydra_config=True)
+    assert cfg.hydra.job.name == "vla_ablate"
+    assert cfg.hydra.run.dir.startswith("outputs/runs/")
+    assert cfg.hydra.sweep.dir.startswith("outputs/multirun/")
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("pos=spiral", "pos/spiral"),
+    ("model.dim=abc", "model.dim"),
+    ("model.colour=red", "colour"),
+    ("train.steps=1.5", "train.steps"),
+])
+def test_schema_rejects_at_composition(override, fragment):
+    with pytest.raises(Exception) as info:
+        compose_cfg([override])
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.dim=0", "model.dim must be positive"),
+    ("model.num_layers=-1", "model.num_layers must be positive"),
+    ("train.batch_size=0", "train.batch_size must be positive"),
+    ("data.num_trajectories=0", "data.num_trajectories must be positive"),
+    ("model.num_heads=7", "divisible"),
+    ("train.lr=0", "train.lr must be > 0"),
+    ("train.lr=-1e-3", "train.lr must be > 0"),
+    ("model.dropout=1.0", "model.dropout must lie in [0, 1)"),
+    ("model.dropout=-0.1", "model.dropout must lie in [0, 1)"),
+    ("data.seq_length=1", "data.seq_length must be >= 2"),
+    ("data.seq_length=300", "exceeds model.max_seq_len"),
+    ("data.num_trajectories=1", "empty train or validation split"),
+    ("data.num_trajectories=20", "train.batch_size (32) exceeds the 18 training trajectories"),
+    ("data.path=/nonexistent/file.pkl", "data.path does not exist"),
+    ("model.max_seq_len=100", "extrapolation"),
+    ("train.device=tpu", "train.device"),
+])
+def test_value_checks_one_line(override, message):
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)

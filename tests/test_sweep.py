@@ -1,0 +1,105 @@
+"""End-to-end: real `python -m vla_ablate` runs and sweeps in subprocesses (marked slow)."""
+
+import json
+
+import pytest
+
+from conftest import SMOKE, run_cli
+from wandb_reader import history, run_info
+
+pytestmark = pytest.mark.slow
+
+
+def summaries(sweep):
+    return {int(p.parent.name): json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+
+
+def test_smoke_sweep_runs_every_combination_and_trains_each_model_once(smoke_sweep):
+    sweep, proc = smoke_sweep
+    found = summaries(sweep)
+    assert sorted(found) == list(range(8))
+    combos = {(s["pos"], s["mask"], s["cache"]) for s in found.values()}
+    assert len(combos) == 8
+    assert all(s["status"] == "completed" for s in found.values())
+    # cache only changes inference: 4 trained models, each reused by its twin
+    assert sum(s["trained_here"] for s in found.values()) == 4
+    assert len(list((sweep / "models").iterdir())) == 4
+    assert proc.stderr.count("training model") == 4
+    for s in found.values():
+        twin = [t for t in found.values() if t["model_key"] == s["model_key"]]
+        assert len(twin) == 2 and twin[0]["val_loss"] == twin[1]["val_loss"]
+
+
+def test_each_job_folder_holds_the_run_format(smoke_sweep):
+    sweep, _ = smoke_sweep
+    for job in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+        for name in ("summary.json", "metrics.jsonl", "loss_curve.png", "attention_maps.png",
+                     ".hydra/config.yaml", ".hydra/overrides.yaml"):
+            assert (job / name).exists(), f"{job / name} missing"
+        s = json.loads((job / "summary.json").read_text())
+        for key in ("val_loss", "val_perplexity", "train_loss", "wall_time_s", "steps"):
+            assert isinstance(s[key], (int, float)), key
+        audit = s["mask_audit"]
+        assert {"teacher_forced_train_loss", "teacher_forced_val_loss", "prefix_only_val_loss",
+                "leakage"} <= set(audit)
+        assert {"loss_2x", "loss_4x"} <= set(s["extrapolation"])
+        speed = s["kv_cache"]["speed"]
+        assert {r["batch_size"] for r in speed} == {1, 4}
+        assert all(r["use_cache"] == (s["cache"] == "on") for r in speed)
+        records = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        assert records[-1]["step"] == s["steps"]
+
+
+def test_mask_audit_shows_the_difference(smoke_sweep):
+    found = summaries(smoke_sweep[0]).values()
+    for s in found:
+        audit, consistency = s["mask_audit"], s["kv_cache"]["consistency"]
+        if s["mask"] == "causal":
+            assert audit["leakage"] < 1e-4
+            assert abs(audit["prefix_only_val_loss"] - audit["teacher_forced_val_loss"]) < 1e-4
+            assert consistency["matches"] is True
+        else:
+            assert audit["leakage"] > 1e-4
+            assert "by construction" in consistency["note"]
+
+
+def test_single_run_then_rerun_does_not_train_again(tmp_path):
+    args = [*SMOKE, f"hydra.run.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'ds'}"]
+    first = run_cli(args, cwd=tmp_path)
+    assert "training model" in first.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["trained_here"] is True
+    again = run_cli(args, cwd=tmp_path)
+    assert "already trained" in again.stderr and "training model" not in again.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_loss"] == summary["val_loss"]
+
+
+def test_default_output_folders(tmp_path):
+    run_cli([*SMOKE, "eval.enabled=false", f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    runs = list((tmp_path / "outputs" / "runs").glob("*/*/summary.json"))
+    assert len(runs) == 1
+    run_cli(["-m", *SMOKE, "eval.enabled=false", "seed=1,2", f"data.cache_dir={tmp_path / 'ds'}"],
+            cwd=tmp_path)
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*/summary.json"))
+    assert [p.parent.name for p in jobs] == ["0", "1"]
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    run_cli([*SMOKE, "logger=wandb", "mask=none", f"hydra.run.dir={run_dir}",
+             f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, "wandb wrote no offline run inside the run folder"
+    rows = history(files[0])
+    steps = [r["_step"] for r in rows if "train/loss" in r]
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    expected = [r for r in records if r["split"] == "train"]
+    assert steps == [r["step"] for r in expected]
+    assert [r["train/loss"] for r in rows if "train/loss" in r] == pytest.approx(
+        [r["loss"] for r in expected])
+    assert any("val/loss" in r for r in rows)
+    images = {k.split("/")[0] for r in rows for k in r if k.endswith("/_type")}
+    assert images == {"loss_curve", "attention_maps"}  # the plots, logged as images
+    info = run_info(files[0])
+    assert set(info.tags) >= {"pos=rope", "mask=none", "cache=on"}
+    assert not (tmp_path / "wandb").exists()  # nothing written outside the run folder

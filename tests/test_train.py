@@ -1,0 +1,124 @@
+"""The training loop in-process: schedule, batches, checkpoints, resume, divergence."""
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from vla_ablate.config import TrainConfig
+from vla_ablate.data import generate_dataset
+from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.runfolder import MetricsFile
+from vla_ablate.train import BatchSource, Checkpoints, lr_at, train
+
+ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
+            dropout=0.1)
+
+
+def tcfg(**over):
+    base = OmegaConf.structured(TrainConfig(steps=24, batch_size=8, warmup_steps=4, log_every=4,
+                                            eval_every=8, checkpoint_every=8, progress=False,
+                                            keep_checkpoints=5))
+    for key, value in over.items():
+        base[key] = value
+    return base
+
+
+@pytest.fixture(scope="module")
+def actions():
+    return generate_dataset(80, 12, seed=0)["actions"]
+
+
+def fresh_run(folder, actions, cfg, seed=0):
+    torch.manual_seed(seed)
+    model = DecoderOnlyTransformer(**ARGS)
+    batches = BatchSource(actions[:64], cfg.batch_size, seed)
+    result = train(model, ARGS, batches, actions[64:], cfg, folder, torch.device("cpu"), seed,
+                   log=lambda m: None)
+    return model, result
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = tcfg(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(5.5e-4)
+    assert lr_at(100, cfg) == pytest.approx(1e-4)
+    values = [lr_at(s, cfg) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_batches_are_a_function_of_the_step(actions):
+    a = BatchSource(actions[:64], 8, seed=3)
+    b = BatchSource(actions[:64], 8, seed=3)
+    assert torch.equal(a.batch(13), b.batch(13))
+    epoch = torch.cat([a.batch(s) for s in range(8)])  # one epoch covers every row once
+    assert sorted(map(tuple, epoch.tolist())) == sorted(map(tuple, actions[:64].tolist()))
+    assert not torch.equal(a.batch(0), a.batch(8))  # a new permutation each epoch
+    fresh = BatchSource(actions[:64], 8, 3, fresh=lambda e: actions[:64] + e)
+    assert torch.equal(fresh.batch(8), a.batch(8) + 1)
+
+
+def test_training_learns_and_writes_checkpoints_and_metrics(tmp_path, actions):
+    _, result = fresh_run(tmp_path, actions, tcfg(steps=40, lr=3e-3))
+    assert result.status == "completed" and result.steps == 40
+    records = MetricsFile(tmp_path).read()
+    train_losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert [r["step"] for r in records if r["split"] == "val"] == [8, 16, 24, 32, 40]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "last.pt", "step_0000008.pt", "step_0000016.pt",
+                     "step_0000024.pt", "step_0000032.pt"]
+    assert result.best_val_loss == min(r["loss"] for r in records if r["split"] == "val")
+
+
+def test_checkpoint_retention_keeps_best_and_last(tmp_path, actions):
+    fresh_run(tmp_path, actions, tcfg(keep_checkpoints=1))
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.pt", "last.pt", "step_0000016.pt"]
+
+
+def test_resume_gives_identical_weights_and_metrics(tmp_path, actions):
+    ref_model, ref = fresh_run(tmp_path / "ref", actions, tcfg())
+    # a run "killed" after its step-8 checkpoint: drop everything written later
+    part = tmp_path / "part"
+    fresh_run(part, actions, tcfg())
+    ckpt = part / "checkpoints"
+    for name in ("last.pt", "step_0000016.pt", "train_done.json"):
+        (ckpt / name).unlink(missing_ok=True)
+    (part / "train_done.json").unlink()
+    messages = []
+    torch.manual_seed(123)  # a different init: resume must overwrite it
+    model = DecoderOnlyTransformer(**ARGS)
+    result = train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], tcfg(), part,
+                   torch.device("cpu"), 0, log=messages.append)
+    assert result.resumed_from == 8 and "resuming from checkpoint at step 8" in messages[0]
+    for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}  # noqa: E731
+                        for r in rs]
+    assert strip(MetricsFile(part).read()) == strip(MetricsFile(tmp_path / "ref").read())
+    assert result.val_loss == ref.val_loss
+
+
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, actions):
+    fresh_run(tmp_path, actions, tcfg())
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "last.pt").unlink()
+    data = (ckpt / "step_0000016.pt").read_bytes()
+    (ckpt / "step_0000016.pt").write_bytes(data[: len(data) // 2])  # truncated
+    messages = []
+    state = Checkpoints(ckpt, 5, log=messages.append).latest_valid()
+    assert state["step"] == 8
+    assert any("step_0000016.pt is unreadable" in m for m in messages)
+
+
+def test_divergence_is_detected_and_reported(tmp_path, actions):
+    _, result = fresh_run(tmp_path, actions, tcfg(lr=1e6, min_lr=1e6, warmup_steps=0,
+                                                  grad_clip=1e9))
+    assert result.status == "diverged"
+    assert 1 <= result.diverged_step <= 24
+    assert (tmp_path / "train_done.json").exists()
+    assert not math.isnan(result.train_loss or 0.0)
