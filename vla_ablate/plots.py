@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
 
 def loss_curve(records, path, title="") -> None:
     train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train"]
     val = [(r["step"], r["loss"]) for r in records if r.get("split") == "val"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train", lw=1.2)
     if val:
@@ -24,14 +22,13 @@ def loss_curve(records, path, title="") -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def attention_maps(maps, path, title="") -> None:
     """``maps``: one (H, T, T) tensor per layer (one trajectory). Rows: layers; columns: heads."""
     layers, heads = len(maps), maps[0].shape[0]
-    fig, axes = plt.subplots(layers, heads, figsize=(1.6 * heads + 1, 1.6 * layers + 0.6),
-                             squeeze=False)
+    fig = Figure(figsize=(1.6 * heads + 1, 1.6 * layers + 0.6))
+    axes = fig.subplots(layers, heads, squeeze=False)
     for li, layer in enumerate(maps):
         for hi in range(heads):
             ax = axes[li][hi]
@@ -45,4 +42,3 @@ def attention_maps(maps, path, title="") -> None:
     fig.suptitle(title or "attention (rows: query, columns: key)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,0 +1,128 @@
+"""The analysis package on a real smoke sweep (marked slow: it needs the sweep)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pandas as pd
+import pytest
+
+from analysis import load_metrics, load_runs, load_speed
+from analysis.tables import mean_ci, to_markdown
+
+pytestmark = pytest.mark.slow
+
+
+def test_mean_ci_uses_student_t():
+    mean, std, half, n = mean_ci([1.0, 2.0, 3.0])
+    assert (mean, n) == (2.0, 3) and std == pytest.approx(1.0)
+    assert half == pytest.approx(4.303 / 3**0.5, rel=1e-3)
+    assert mean_ci([5.0])[2] != mean_ci([5.0])[2]  # one seed: no interval (NaN)
+
+
+def test_collect_gives_tidy_frames(smoke_sweep):
+    sweep, _ = smoke_sweep
+    runs = load_runs(sweep)
+    assert len(runs) == 8 and set(runs["status"]) == {"completed"}
+    assert set(runs["pos"]) == {"rope", "sinusoidal"} and set(runs["cache"]) == {"on", "off"}
+    metrics = load_metrics(sweep)
+    assert {"step", "split", "loss", "pos", "mask", "cache", "seed"} <= set(metrics)
+    assert set(metrics["split"]) == {"train", "val"}
+    speed = load_speed(sweep)
+    assert set(speed["use_cache"]) == {True, False}
+
+
+def run_analysis(*args):
+    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
+    sweep, _ = smoke_sweep
+    out = tmp_path / "report"
+    proc = run_analysis(sweep, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    positional = pd.read_csv(out / "positional.csv")
+    assert list(positional["pos"]) == ["rope", "sinusoidal"]
+    assert {"val_loss_mean", "val_loss_std", "val_loss_ci95", "val_ppl_mean", "loss_2x",
+            "loss_4x", "diff_vs_rope", "diff_vs_rope_ci95", "steps_to_2"} <= set(positional)
+    assert positional.set_index("pos").loc["rope", "diff_vs_rope"] == 0
+    audit = pd.read_csv(out / "mask_audit.csv")
+    assert set(zip(audit["pos"], audit["mask"])) == {
+        (p, m) for p in ("rope", "sinusoidal") for m in ("causal", "none")}
+    assert {"train_loss_teacher_forced", "val_loss_teacher_forced", "val_loss_prefix_only",
+            "leakage", "cheating_gap"} <= set(audit)
+    assert (audit[audit["mask"] == "causal"]["leakage"] < 1e-4).all()
+    kv = pd.read_csv(out / "kv_cache.csv")
+    assert set(zip(kv["batch_size"], kv["new_tokens"])) == {(1, 8), (1, 24), (4, 8), (4, 24)}
+    assert (kv["speedup"] > 0).all() and kv["cached_decode_matched"].iloc[0] == "2/2 causal runs"
+    for name in ("positional", "mask_audit", "kv_cache"):
+        assert (out / f"{name}.md").read_text().startswith("| ")
+    for png in ("loss_by_pos.png", "loss_by_mask.png", "attention_grid.png", "kv_cache_speed.png"):
+        assert (out / png).stat().st_size > 5000, png
+    report = (out / "report.md").read_text()
+    assert "## Findings" in report and "Sinusoidal minus RoPE" in report
+    assert "![Validation loss by mask](loss_by_mask.png)" in report
+    assert "All jobs completed." in report
+
+
+def test_default_out_dir_and_bad_folder(smoke_sweep, tmp_path):
+    sweep, _ = smoke_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("models", "checkpoints"))
+    assert run_analysis(copy).returncode == 0
+    assert (copy / "report" / "report.md").exists()
+    bad = run_analysis(tmp_path / "missing")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: no such sweep folder")
+
+
+def test_crashed_and_running_jobs_are_listed(smoke_sweep, tmp_path):
+    sweep, _ = smoke_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("models", "checkpoints"))
+    shutil.copytree(copy / "0" / ".hydra", copy / "8" / ".hydra")  # crashed before a summary
+    shutil.copytree(copy / "1" / ".hydra", copy / "9" / ".hydra")
+    running = json.loads((copy / "1" / "summary.json").read_text())
+    running.update(status="running", pid=os.getpid(), host=os.uname().nodename)
+    (copy / "9" / "summary.json").write_text(json.dumps(running))
+    dead = dict(running, pid=2**22 + 12345)  # a pid that does not exist: crashed mid-run
+    shutil.copytree(copy / "2" / ".hydra", copy / "10" / ".hydra")
+    (copy / "10" / "summary.json").write_text(json.dumps(dead))
+    (copy / "11").mkdir()
+    (copy / "11" / ".hydra").mkdir()  # a job with a broken config folder
+    (copy / "11" / "summary.json").write_text("{not json")
+    proc = run_analysis(copy, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    status = pd.read_csv(tmp_path / "out" / "status.csv").set_index("job")["status"].to_dict()
+    assert status == {8: "missing", 9: "running", 10: "crashed", 11: "missing"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "job 8 (missing)" in report and "job 9 (running)" in report
+    assert "job 10 (crashed)" in report
+    assert len(pd.read_csv(tmp_path / "out" / "positional.csv")) == 2  # still analysed
+
+
+def test_notebook_executes_headless(smoke_sweep, tmp_path):
+    from nbclient import NotebookClient
+
+    sweep, _ = smoke_sweep
+    nb = nbformat.read(os.path.join(os.path.dirname(__file__), "..", "analysis", "report.ipynb"),
+                       as_version=4)
+    params = nb.cells[1]
+    assert "parameters" in params.metadata.get("tags", [])
+    params.source = f"SWEEP_DIR = {str(sweep)!r}\nTARGET_LOSS = 2.0"
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum(o.get("output_type") == "display_data" for o in outputs) >= 3  # the plots
+    text = json.dumps([o.get("data", {}) for o in outputs])
+    assert "val_loss_mean" in text and "cheating_gap" in text and "speedup" in text
+
+
+def test_to_markdown_formats():
+    df = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x", None]})
+    assert to_markdown(df).splitlines() == ["| a | b |", "|---|---|", "| 1.2346 | x |",
+                                            "| – | – |"]
