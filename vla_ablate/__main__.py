@@ -4,6 +4,7 @@ import sys
 
 import hydra
 
+from vla_ablate.cli import hydra_errors_on_one_line, job_started
 from vla_ablate.config import register_configs
 from vla_ablate.run import FAILED_JOBS, run_job
 
@@ -12,11 +13,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
+    job_started()
     return run_job(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    with hydra_errors_on_one_line():
+        main()
     if FAILED_JOBS:
         print(f"{len(FAILED_JOBS)} job(s) did not complete; see their summary.json",
               file=sys.stderr)

@@ -120,10 +120,6 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
-    for group, node in [("data", DataConfig), ("model", ModelConfig), ("pos", PosConfig),
-                        ("mask", MaskConfig), ("cache", CacheConfig), ("train", TrainConfig),
-                        ("logger", LoggerConfig)]:
-        cs.store(group=group, name=f"{group}_schema", node=node)
 
 
 def check_batch_fits(batch_size: int, n_train: int) -> None:

@@ -188,6 +188,10 @@ def load_or_generate(cache_dir, num_trajectories, seq_length, seed, log=print):
     return data
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names something other than arrays and tensors."""
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and torch tensors and nothing else.
 
@@ -216,7 +220,7 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             module.startswith("numpy") and name.endswith("DType")
         ):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}'")
+        raise _Refused(f"it names '{module}.{name}', which is not an array or a tensor")
 
 
 def _load_storage_weights_only(data):
@@ -247,7 +251,7 @@ def load_dataset(path):
         else:
             with open(path, "rb") as fh:
                 raw = _ArraysOnlyUnpickler(fh).load()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise DataError(f"refusing to load {path}: {err}") from None
     except Exception as err:  # noqa: BLE001 - any parser failure means a corrupt file
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -39,6 +39,7 @@ from vla_ablate.runfolder import MetricsFile, running_summary, write_summary
 from vla_ablate.train import BatchSource, TrainingInterrupted, load_checkpoint, train
 
 EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": 2, "diverged": 3, "interrupted": 130}
+# (an interrupted job exits with 128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM)
 FAILED_JOBS: list[str] = []  # jobs of this process that did not complete (for the exit code)
 
 # Keys that change how a model is trained; everything else (cache, logger, eval) is inference
@@ -66,7 +67,7 @@ def run_job(cfg) -> dict:
     write_summary(run_dir, running_summary(axes))
     t0 = time.time()
     logger: Logger = Logger()
-    status, summary, error = "failed", {}, None
+    status, summary, error, signum = "failed", {}, None, None
     try:
         validate(cfg)
         if cfg.data.path is not None:
@@ -78,8 +79,8 @@ def run_job(cfg) -> dict:
         status, error = "bad_config", str(err)
         print(f"error: {err}", file=sys.stderr, flush=True)
     except TrainingInterrupted as err:
-        status, error = "interrupted", str(err)
-        log(str(err))
+        status, error, signum = "interrupted", str(err), err.signum
+        log(f"{err}; run the same command again to resume")
     except Exception as err:  # noqa: BLE001 - recorded as the job's status
         error = f"{type(err).__name__}: {err}".splitlines()[0]
         (run_dir / "error.log").write_text(traceback.format_exc())
@@ -95,7 +96,7 @@ def run_job(cfg) -> dict:
         logger.log_summary(summary)
         logger.finish(exit_code=code)
     if status == "interrupted":
-        raise KeyboardInterrupt  # stops a sweep too; the checkpoint is saved
+        sys.exit(128 + signum)  # stops a sweep too; the checkpoint is saved
     if code and not multirun:
         sys.exit(code)
     return summary

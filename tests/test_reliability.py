@@ -1,0 +1,230 @@
+"""Interruption, divergence, corrupt state, bad input and untrusted files, with real processes."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, SMOKE, run_cli
+
+pytestmark = pytest.mark.slow
+
+LONG = [*SMOKE, "train.steps=400", "train.checkpoint_every=20", "train.eval_every=40",
+        "train.log_every=20", "eval.enabled=false", "logger=none"]
+
+
+def start_cli(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "vla_ablate", *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(path, proc, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {path} appeared:\n{proc.stderr.read()}")
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never appeared")
+
+
+def final_state(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    return summary, state["model"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ref")
+    run_cli([*LONG, f"hydra.run.dir={root / 'run'}", f"data.cache_dir={root / 'ds'}"], cwd=root)
+    return final_state(root / "run")
+
+
+def assert_same_result(run_dir, reference):
+    summary, weights = final_state(run_dir)
+    ref_summary, ref_weights = reference
+    assert summary["status"] == "completed"
+    assert summary["val_loss"] == ref_summary["val_loss"]
+    assert summary["train_loss"] == ref_summary["train_loss"]
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "val"] == list(range(40, 401, 40))
+
+
+def test_kill_9_then_resume_gives_identical_results(tmp_path, reference_run):
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'ds'}"]
+    proc = start_cli(args, tmp_path)
+    wait_for(run_dir / "checkpoints" / "step_0000020.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (run_dir / "train_done.json").exists(), "killed too late to test anything"
+    leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    for name in leftovers:  # a temp file may remain; a truncated checkpoint may not
+        (run_dir / "checkpoints" / name).unlink()
+    for ckpt in (run_dir / "checkpoints").glob("*.pt"):
+        torch.load(ckpt, weights_only=True)  # every visible checkpoint is complete
+    resumed = run_cli(args, cwd=tmp_path)
+    assert "resuming from checkpoint at step" in resumed.stderr
+    assert_same_result(run_dir, reference_run)
+
+
+def test_sigterm_saves_and_resumes(tmp_path, reference_run):
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'ds'}"]
+    proc = start_cli(args, tmp_path)
+    wait_for(run_dir / "checkpoints" / "step_0000020.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert saved >= 20
+    resumed = run_cli(args, cwd=tmp_path)
+    assert f"resuming from checkpoint at step {saved}" in resumed.stderr
+    assert_same_result(run_dir, reference_run)
+
+
+def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, reference_run):
+    run_dir = tmp_path / "run"
+    args = [*LONG, f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'ds'}"]
+    proc = start_cli(args, tmp_path)
+    wait_for(run_dir / "checkpoints" / "step_0000040.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    newest = ckpts[-1]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    resumed = run_cli(args, cwd=tmp_path)
+    assert f"{newest.name} is unreadable" in resumed.stderr
+    previous = int(ckpts[-2].stem.split("_")[1])
+    assert f"resuming from checkpoint at step {previous}" in resumed.stderr
+    assert_same_result(run_dir, reference_run)
+
+
+def test_diverging_job_does_not_stop_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *SMOKE, "train.lr=3e-3,1e6", "train.min_lr=0", "eval.enabled=false",
+                    f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "1 job(s) did not complete" in proc.stderr
+    good = json.loads((sweep / "0" / "summary.json").read_text())
+    bad = json.loads((sweep / "1" / "summary.json").read_text())
+    assert good["status"] == "completed"
+    assert bad["status"] == "diverged" and bad["diverged_step"] >= 1
+    assert f"diverged at step {bad['diverged_step']}" in proc.stderr
+    report = subprocess.run([sys.executable, "-m", "analysis", str(sweep)], capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    status = pd.read_csv(sweep / "report" / "status.csv")
+    assert status["status"].tolist() == ["diverged"] and status["job"].tolist() == [1]
+    assert "job 1 (diverged)" in (sweep / "report" / "report.md").read_text()
+
+
+def test_crafted_pickle_as_data_path_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"states": Payload(), "actions": np.zeros((4, 5))}))
+    proc = run_cli([*SMOKE, f"data.path={evil}", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: refusing to load")
+    assert not marker.exists()
+
+
+def test_course_pickle_trains(tmp_path):
+    from vla_ablate.data import generate_dataset
+
+    data = generate_dataset(96, 12, seed=0)
+    path = tmp_path / "trajectories.pkl"
+    path.write_bytes(pickle.dumps({"trajectories": data["states"].numpy(),
+                                   "tokenized": data["actions"].numpy()}))
+    run_cli([*SMOKE, f"data.path={path}", "eval.enabled=false",
+             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+BAD_INPUTS = [
+    ("pos=spiral", "Could not find 'pos/spiral'"),
+    ("model.dim=abc", "could not be converted to Integer"),
+    ("model.colour=red", "Key 'colour' not in 'ModelConfig'"),
+    ("model.dim=-8", "model.dim must be positive"),
+    ("model.num_heads=3", "must be divisible by model.num_heads"),
+    ("train.lr=0", "train.lr must be > 0"),
+    ("model.dropout=1.5", "model.dropout must lie in [0, 1)"),
+    ("data.seq_length=1", "data.seq_length must be >= 2"),
+    ("data.seq_length=65", "exceeds model.max_seq_len"),
+    ("data.num_trajectories=1", "empty train or validation split"),
+    ("data.path=/no/such/file.pkl", "data.path does not exist"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUTS)
+def test_bad_input_one_line_nonzero_before_work(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*SMOKE, override, f"hydra.run.dir={run_dir}",
+                    f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "ds").exists()  # no data generated
+    assert not (run_dir / "checkpoints").exists()  # no training
+
+
+def test_unreadable_data_path(tmp_path):
+    corrupt = tmp_path / "corrupt.pkl"
+    corrupt.write_bytes(b"\x80\x04\x95garbage")
+    proc = run_cli([*SMOKE, f"data.path={corrupt}", f"hydra.run.dir={tmp_path / 'run'}"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: cannot read dataset file {corrupt}")
+
+
+def test_offline_wandb_sweep_opens_no_network_connection(tmp_path):
+    """Every socket a job's process tree opens is checked: only local (unix/loopback) ones."""
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    log = tmp_path / "connections.log"
+    (guard / "sitecustomize.py").write_text(f'''
+import socket
+_orig = socket.socket.connect
+def connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        with open({str(log)!r}, "a") as fh:
+            fh.write(repr(address) + "\\n")
+        host = address[0]
+        if not (host.startswith("127.") or host == "::1" or host == "localhost"):
+            raise OSError("network access attempted: " + repr(address))
+    return _orig(self, address)
+socket.socket.connect = connect
+''')
+    env = {"PYTHONPATH": f"{guard}{os.pathsep}{ROOT}", "WANDB_MODE": ""}
+    env.pop("WANDB_MODE")
+    sweep = tmp_path / "sweep"
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vla_ablate", "-m", *SMOKE, "logger=wandb", "mask=causal,none",
+         "eval.enabled=false", f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
+        cwd=tmp_path, env={**clean_env, **env}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    remote = [line for line in (log.read_text().splitlines() if log.exists() else [])
+              if not line.startswith(("('127.", "('::1'", "('localhost'"))]
+    assert remote == []
+    assert len(list(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))) == 2
