@@ -60,12 +60,15 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, rotary=None, attn_mask=None, is_causal=False, input_pos=None, end=None,
                 need_weights=False):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(self.dim, dim=2)
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        if rotary is not None:  # rotate at absolute positions *before* caching the keys
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        H, D = self.num_heads, self.head_dim
+        qkv = self.qkv(x).view(B, T, 3 * H, D)
+        qk, v = qkv[:, :, : 2 * H], qkv[:, :, 2 * H :]
+        if rotary is not None:  # rotate q and k at absolute positions *before* caching keys
+            cos, sin = rotary
+            qk = apply_rotary(qk, cos[:, None], sin[:, None])
+        q = qk[:, :, :H].transpose(1, 2)  # (B, nh, T, hs)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, nh, T, hs)
+        v = v.transpose(1, 2)  # (B, nh, T, hs)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, end, k, v)  # (B, nh, end, hs)
         dropout_p = self.dropout if self.training else 0.0
@@ -76,8 +79,8 @@ class CausalSelfAttention(nn.Module):
             )
         else:
             y = self._manual(q, k, v, attn_mask, is_causal, dropout_p, need_weights)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.out_proj(y))
+        y = self.out_proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+        return self.resid_dropout(y) if dropout_p else y
 
     def _manual(self, q, k, v, attn_mask, is_causal, dropout_p, need_weights):
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, Tq, Tk)

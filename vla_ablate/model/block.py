@@ -18,7 +18,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+        y = self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.dropout(y) if self.training and self.dropout.p else y
 
 
 class TransformerBlock(nn.Module):

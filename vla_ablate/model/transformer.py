@@ -82,7 +82,9 @@ class DecoderOnlyTransformer(nn.Module):
         if end > self.max_seq_len:
             raise ValueError(f"position {end - 1} is beyond max_seq_len={self.max_seq_len}")
         x = self.token_embedding(input_ids)  # (B, T, C)
-        x = self.dropout(self.pos_encoding.add_to_embedding(x, input_pos))
+        x = self.pos_encoding.add_to_embedding(x, input_pos)
+        if self.training and self.dropout.p:
+            x = self.dropout(x)
         attn_mask, is_causal = self._attention_mask(T, end, input_pos, x.device)
         kwargs = dict(
             rotary=self.pos_encoding.rotary(input_pos), attn_mask=attn_mask, is_causal=is_causal,

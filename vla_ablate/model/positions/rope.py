@@ -11,7 +11,10 @@ from vla_ablate.model.positions.base import PositionalEncoding, register
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, H, T, D) by the (T, D/2) angle tables."""
+    """Rotate the last dimension of ``x`` by angle tables that broadcast against its first half.
+
+    ``x`` (B, H, T, D) takes (T, D/2) tables; (B, T, H, D) takes (T, 1, D/2).
+    """
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
