@@ -3,9 +3,9 @@
 import itertools
 
 import pytest
-from conftest import CONF, compose_cfg
 from omegaconf import OmegaConf
 
+from conftest import CONF, compose_cfg
 from vla_ablate.config import ConfigError, validate
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from conftest import ROOT, SMOKE, run_cli
 
 pytestmark = pytest.mark.slow
@@ -61,12 +62,18 @@ def assert_same_result(run_dir, reference):
     assert [r["step"] for r in records if r["split"] == "val"] == list(range(40, 401, 40))
 
 
-def test_kill_9_then_resume_gives_identical_results(tmp_path, reference_run):
+def interrupted_run(tmp_path, checkpoint, sig):
+    """Start a LONG run, send ``sig`` once ``checkpoint`` exists; returns (args, run_dir, proc)."""
     run_dir = tmp_path / "run"
     args = [*LONG, f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'ds'}"]
     proc = start_cli(args, tmp_path)
-    wait_for(run_dir / "checkpoints" / "step_0000020.pt", proc)
-    proc.send_signal(signal.SIGKILL)
+    wait_for(run_dir / "checkpoints" / checkpoint, proc)
+    proc.send_signal(sig)
+    return args, run_dir, proc
+
+
+def test_kill_9_then_resume_gives_identical_results(tmp_path, reference_run):
+    args, run_dir, proc = interrupted_run(tmp_path, "step_0000020.pt", signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (run_dir / "train_done.json").exists(), "killed too late to test anything"
     leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
@@ -80,11 +87,7 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, reference_run):
 
 
 def test_sigterm_saves_and_resumes(tmp_path, reference_run):
-    run_dir = tmp_path / "run"
-    args = [*LONG, f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'ds'}"]
-    proc = start_cli(args, tmp_path)
-    wait_for(run_dir / "checkpoints" / "step_0000020.pt", proc)
-    proc.send_signal(signal.SIGTERM)
+    args, run_dir, proc = interrupted_run(tmp_path, "step_0000020.pt", signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert "Traceback" not in stderr
@@ -97,11 +100,7 @@ def test_sigterm_saves_and_resumes(tmp_path, reference_run):
 
 
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, reference_run):
-    run_dir = tmp_path / "run"
-    args = [*LONG, f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'ds'}"]
-    proc = start_cli(args, tmp_path)
-    wait_for(run_dir / "checkpoints" / "step_0000040.pt", proc)
-    proc.send_signal(signal.SIGKILL)
+    args, run_dir, proc = interrupted_run(tmp_path, "step_0000040.pt", signal.SIGKILL)
     proc.wait(timeout=30)
     ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     newest = ckpts[-1]
@@ -215,14 +214,14 @@ def connect(self, address):
     return _orig(self, address)
 socket.socket.connect = connect
 ''')
-    env = {"PYTHONPATH": f"{guard}{os.pathsep}{ROOT}", "WANDB_MODE": ""}
-    env.pop("WANDB_MODE")
+    # no WANDB_* variables from outside: the project itself must keep wandb offline
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["PYTHONPATH"] = f"{guard}{os.pathsep}{ROOT}"
     sweep = tmp_path / "sweep"
-    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     proc = subprocess.run(
         [sys.executable, "-m", "vla_ablate", "-m", *SMOKE, "logger=wandb", "mask=causal,none",
          "eval.enabled=false", f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
-        cwd=tmp_path, env={**clean_env, **env}, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     remote = [line for line in (log.read_text().splitlines() if log.exists() else [])
               if not line.startswith(("('127.", "('::1'", "('localhost'"))]

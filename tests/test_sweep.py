@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from conftest import SMOKE, run_cli
 from wandb_reader import history, run_info
 

@@ -83,7 +83,7 @@ class EvalConfig:
     extrapolation_factors: list[int] = field(default_factory=lambda: [2, 4])
     extrapolation_trajectories: int = 256
     gen_prompt_len: int = 10
-    gen_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    gen_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     gen_new_tokens: list[int] = field(default_factory=lambda: [50, 150])
     gen_repeats: int = 3
     attention_maps: bool = True

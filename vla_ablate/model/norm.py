@@ -12,6 +12,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 so that the mean of squares neither underflows nor overflows in bf16/fp16
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.scale.float()).to(x.dtype)
+        x32 = x if x.dtype == torch.float32 else x.float()
+        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale.float()
+        return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -100,8 +100,7 @@ class DecoderOnlyTransformer(nn.Module):
         Returns (mask or None, is_causal): a plain causal full pass is flagged rather than
         materialised, and a one-token decode step needs no mask at all.
         """
-        k_pos = torch.arange(tk, device=device)
-        bias = self.pos_encoding.attention_bias(input_pos, k_pos, self.causal)
+        bias = self.pos_encoding.attention_bias(input_pos, tk, self.causal)
         if not self.causal or tq == 1:
             return bias, False
         if bias is None:

@@ -16,7 +16,8 @@ class ALiBi(PositionalEncoding):
         slopes = 2.0 ** (-8.0 * torch.arange(1, num_heads + 1, dtype=torch.float32) / num_heads)
         self.register_buffer("slopes", slopes, persistent=False)
 
-    def attention_bias(self, q_pos, k_pos, causal):
+    def attention_bias(self, q_pos, num_keys, causal):
+        k_pos = torch.arange(num_keys, device=q_pos.device)
         dist = (q_pos[:, None] - k_pos[None, :]).float()  # (Tq, Tk)
         dist = dist.clamp(min=0) if causal else dist.abs()
         return -self.slopes[:, None, None] * dist  # (H, Tq, Tk)

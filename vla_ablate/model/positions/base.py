@@ -43,7 +43,8 @@ class PositionalEncoding(nn.Module):
     def rotary(self, input_pos: torch.Tensor):
         return None
 
-    def attention_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool):
+    def attention_bias(self, q_pos: torch.Tensor, num_keys: int, causal: bool):
+        """Additive (H, Tq, num_keys) bias for queries at ``q_pos`` over keys 0..num_keys-1."""
         return None
 
 
