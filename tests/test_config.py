@@ -96,7 +96,7 @@ def test_schema_rejects_at_composition(override, fragment):
     ("data.seq_length=1", "data.seq_length must be >= 2"),
     ("data.seq_length=300", "exceeds model.max_seq_len"),
     ("data.num_trajectories=1", "empty train or validation split"),
-    ("data.num_trajectories=20", "train.batch_size (32) exceeds the 18 training trajectories"),
+    ("data.num_trajectories=20", "train.batch_size (64) exceeds the 18 training trajectories"),
     ("data.path=/nonexistent/file.pkl", "data.path does not exist"),
     ("model.max_seq_len=100", "extrapolation"),
     ("train.device=tpu", "train.device"),

@@ -26,7 +26,7 @@ class DataConfig:
     train_split: float = 0.9
     path: str | None = None  # a dataset file to use instead of generating one
     cache_dir: str | None = None  # default: <launch dir>/outputs/datasets
-    fresh_per_epoch: bool = False  # draw new training trajectories every epoch
+    fresh_per_epoch: bool = True  # draw new training trajectories every epoch
 
 
 @dataclass
@@ -58,15 +58,15 @@ class CacheConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
+    steps: int = 760
+    batch_size: int = 64
+    lr: float = 3e-3
     min_lr: float = 1e-4
-    warmup_steps: int = 100
+    warmup_steps: int = 80
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    log_every: int = 50
-    eval_every: int = 250
+    log_every: int = 20
+    eval_every: int = 190
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
     num_threads: int = 0  # 0: the machine's cores divided among concurrent jobs
