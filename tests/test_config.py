@@ -21,8 +21,8 @@ def test_every_group_has_its_options():
     assert "smoke" in options("debug") and "ablation" in options("experiment")
 
 
-@pytest.mark.parametrize("pos,mask,cache", itertools.product(options("pos"), options("mask"),
-                                                              options("cache")))
+@pytest.mark.parametrize("pos,mask,cache", list(itertools.product(options("pos"), options("mask"),
+                                                                   options("cache"))))
 def test_compose_every_ablation_combination(pos, mask, cache):
     cfg = compose_cfg([f"pos={pos}", f"mask={mask}", f"cache={cache}"])
     assert cfg.pos.name == pos and cfg.mask.name == mask
