@@ -103,3 +103,17 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     info = run_info(files[0])
     assert set(info.tags) >= {"pos=rope", "mask=none", "cache=on"}
     assert not (tmp_path / "wandb").exists()  # nothing written outside the run folder
+
+
+def test_parallel_joblib_jobs_share_one_model_through_the_lock(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE,
+                    "cache=on,off", "eval.gen_repeats=1", f"hydra.sweep.dir={sweep}",
+                    f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    found = summaries(sweep)
+    assert sorted(found) == [0, 1]
+    assert all(s["status"] == "completed" for s in found.values())
+    assert sorted(s["trained_here"] for s in found.values()) == [False, True]
+    assert all(s["threads"] == 1 for s in found.values())  # 2 cores shared by 2 jobs
+    assert proc.stderr.count("training model") == 1
+    assert found[0]["val_loss"] == found[1]["val_loss"]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -81,6 +82,9 @@ def run_job(cfg) -> dict:
     except TrainingInterrupted as err:
         status, error, signum = "interrupted", str(err), err.signum
         log(f"{err}; run the same command again to resume")
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
+        status, error, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
+        log("interrupted; run the same command again to resume")
     except Exception as err:  # noqa: BLE001 - recorded as the job's status
         error = f"{type(err).__name__}: {err}".splitlines()[0]
         (run_dir / "error.log").write_text(traceback.format_exc())
