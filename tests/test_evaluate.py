@@ -6,7 +6,7 @@ from test_model import small_model
 
 from vla_ablate import evaluate
 from vla_ablate.data import generate_dataset
-from vla_ablate.train import mean_loss
+from vla_ablate.train import mean_loss, token_losses
 
 CPU = torch.device("cpu")
 
@@ -16,11 +16,13 @@ def actions():
     return generate_dataset(12, 16, seed=0)["actions"]
 
 
-def test_token_losses_average_to_the_teacher_forced_loss(actions):
+def test_token_losses_average_to_the_models_own_loss(actions):
     model = small_model()
-    losses = evaluate.token_losses(model, actions, CPU, batch_size=5)
+    losses = token_losses(model, actions, CPU, batch_size=5)  # batches of 5, 5 and 2
     assert losses.shape == (12, 15)
-    assert losses.mean().item() == pytest.approx(mean_loss(model, actions, CPU), abs=1e-5)
+    _, loss = model(actions[:, :-1], actions[:, 1:])
+    assert losses.mean().item() == pytest.approx(loss.item(), abs=1e-5)
+    assert mean_loss(model, actions, CPU) == pytest.approx(loss.item(), abs=1e-5)
 
 
 def test_extrapolation_reports_every_length_and_the_unseen_positions():

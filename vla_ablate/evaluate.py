@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ablate.data import derived_seed, generate_dataset
-from vla_ablate.train import autocast_for, mean_loss
+from vla_ablate.train import mean_loss, token_losses
 
 NO_MASK_NOTE = (
     "without a causal mask the full pass lets every position see later tokens, which a decode "
@@ -73,19 +73,6 @@ def extrapolation(model, data_seed, seq_length, factors, n, device) -> dict:
         if factor > 1:  # predictions of tokens seq_length..end: positions never trained on
             out[f"loss_{factor}x_beyond"] = losses[:, seq_length - 1 :].mean().item()
     return out
-
-
-@torch.no_grad()
-def token_losses(model, actions, device, batch_size=256) -> torch.Tensor:
-    """Teacher-forced cross-entropy of every predicted token: (N, T - 1)."""
-    model.eval()
-    out = []
-    for i in range(0, len(actions), batch_size):
-        x = actions[i : i + batch_size].to(device)
-        with autocast_for(device):
-            logits, _ = model(x[:, :-1])
-        out.append(F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none"))
-    return torch.cat(out).cpu()
 
 
 @torch.no_grad()

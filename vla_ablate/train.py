@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vla_ablate.data import derived_seed
 from vla_ablate.fileio import atomic_torch_save, write_json
@@ -98,22 +99,26 @@ def autocast_for(device: torch.device):
 
 
 @torch.no_grad()
-def mean_loss(model, actions: torch.Tensor, device, batch_size: int = 256) -> float:
-    """Teacher-forced mean cross-entropy (nats per token) over all sequences in ``actions``."""
+def token_losses(model, actions: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    """Teacher-forced cross-entropy (nats) of every predicted token: (N, T - 1), on the CPU."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    out = []
     try:
         for i in range(0, len(actions), batch_size):
             x = actions[i : i + batch_size].to(device)
             with autocast_for(device):
-                _, loss = model(x[:, :-1], x[:, 1:])
-            n = x[:, 1:].numel()
-            total += loss.item() * n
-            count += n
+                logits, _ = model(x[:, :-1])
+            out.append(F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:],
+                                       reduction="none").cpu())
     finally:
         model.train(was_training)
-    return total / count
+    return torch.cat(out)
+
+
+def mean_loss(model, actions: torch.Tensor, device, batch_size: int = 256) -> float:
+    """Teacher-forced mean cross-entropy (nats per token) over all sequences in ``actions``."""
+    return token_losses(model, actions, device, batch_size).mean().item()
 
 
 # ------------------------------------------------------------------------------ checkpoints
