@@ -80,13 +80,13 @@ def copy_weights(ours, ref):
     """Start both from the same weights, so they do the same arithmetic on the same numbers."""
     with torch.no_grad():
         ref.emb.weight.copy_(ours.token_embedding.weight)
-        ref.head.weight.copy_(ours.lm_head.weight)
+        ref.head.weight.copy_(ours.lm_head.weight.T)
         for rb, ob in zip(ref.blocks, ours.blocks):
-            rb.qkv.weight.copy_(ob.attention.qkv.weight)
-            rb.proj.weight.copy_(ob.attention.out_proj.weight)
-            rb.w1.weight.copy_(ob.feed_forward.gate.weight)
-            rb.w3.weight.copy_(ob.feed_forward.up.weight)
-            rb.w2.weight.copy_(ob.feed_forward.down.weight)
+            rb.qkv.weight.copy_(ob.attention.qkv.weight.T)
+            rb.proj.weight.copy_(ob.attention.out_proj.weight.T)
+            rb.w1.weight.copy_(ob.feed_forward.gate.weight.T)
+            rb.w3.weight.copy_(ob.feed_forward.up.weight.T)
+            rb.w2.weight.copy_(ob.feed_forward.down.weight.T)
 
 
 def peak_flops(size=2048, repeats=5):

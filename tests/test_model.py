@@ -252,12 +252,16 @@ def test_factory_builds_from_config_and_rejects_bad_combinations():
 
 
 def test_checkpoint_rebuilds_model_from_file_alone(tmp_path):
-    from vla_ablate.train import CHECKPOINT_FORMAT, load_model_from_checkpoint
+    from vla_ablate.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_model_from_checkpoint
 
     model = small_model("learned")
     path = tmp_path / "m.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model_args": model.model_args,
-                "model": model.state_dict()}, path)
+    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+             "model_args": model.model_args, "model": model.state_dict()}
+    torch.save(state, path)
     rebuilt = load_model_from_checkpoint(path).eval()
     x = torch.randint(0, 256, (2, 9))
     assert torch.equal(rebuilt(x)[0], model(x)[0])
+    torch.save({**state, "version": 1}, path)  # the (out, in) layout of earlier versions
+    with pytest.raises(ValueError, match="checkpoint version 1 is not 2"):
+        load_model_from_checkpoint(path)

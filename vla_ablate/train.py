@@ -24,6 +24,8 @@ from vla_ablate.fileio import atomic_torch_save, write_json
 from vla_ablate.runfolder import MetricsFile
 
 CHECKPOINT_FORMAT = "vla-ablate-checkpoint"
+# 2: linear layers store their matrices as (in, out) (vla_ablate/model/linear.py)
+CHECKPOINT_VERSION = 2
 _STEP_CKPT = re.compile(r"step_(\d+)\.pt$")
 
 
@@ -167,12 +169,21 @@ class Checkpoints:
         return last
 
 
+def check_checkpoint(state) -> None:
+    """Raise ValueError unless ``state`` is a checkpoint this version of vla-ablate can read."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("not a vla-ablate checkpoint")
+    version = state.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint version {version} is not {CHECKPOINT_VERSION} (written by "
+                         "another vla-ablate version: retrain the model)")
+
+
 def load_checkpoint(path, log=print):
     """A checkpoint's state dict, read with ``weights_only=True``; None (and a message) if bad."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a vla-ablate checkpoint")
+        check_checkpoint(state)
         return state
     except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -185,6 +196,7 @@ def load_model_from_checkpoint(path, **overrides):
     from vla_ablate.model import DecoderOnlyTransformer
 
     state = torch.load(path, map_location="cpu", weights_only=True)
+    check_checkpoint(state)
     model = DecoderOnlyTransformer(**{**state["model_args"], **overrides})
     model.load_state_dict(state["model"])
     return model
@@ -248,7 +260,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
 
     def snapshot(step, elapsed):
         return {
-            "format": CHECKPOINT_FORMAT, "version": 1, "model_args": model_args,
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_args": model_args,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "best_val_loss": best_val, "rng_torch": torch.get_rng_state(), "elapsed_s": elapsed,
         }
@@ -311,7 +323,8 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                     progress.write(f"step {s}: val loss {last_val:.4f}")
                 if last_val < best_val:
                     best_val = last_val
-                    ckpts.save({"format": CHECKPOINT_FORMAT, "version": 1, "model_args": model_args,
+                    ckpts.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                "model_args": model_args,
                                 "model": model.state_dict(), "step": s, "val_loss": last_val},
                                ckpts.best)
             if s % tcfg.checkpoint_every == 0 and s < tcfg.steps:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_ablate.model.linear import Linear
 from vla_ablate.model.positions.rope import apply_rotary
 
 ATTN_IMPLS = ("manual", "sdpa")
@@ -51,8 +52,8 @@ class CausalSelfAttention(nn.Module):
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.attn_impl = attn_impl
         self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
         self.resid_dropout = nn.Dropout(dropout)
         self.kv_cache: KVCache | None = None
         self.last_attn: torch.Tensor | None = None  # (B, H, Tq, Tk) when weights are requested

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ablate.model.attention import CausalSelfAttention
+from vla_ablate.model.linear import Linear
 from vla_ablate.model.norm import RMSNorm
 
 
@@ -12,9 +13,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden_dim, bias=False)
-        self.up = nn.Linear(dim, hidden_dim, bias=False)
-        self.down = nn.Linear(hidden_dim, dim, bias=False)
+        self.gate = Linear(dim, hidden_dim)
+        self.up = Linear(dim, hidden_dim)
+        self.down = Linear(hidden_dim, dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):

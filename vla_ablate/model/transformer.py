@@ -8,6 +8,7 @@ from torch import nn
 
 from vla_ablate.model.attention import KVCache, causal_mask
 from vla_ablate.model.block import TransformerBlock
+from vla_ablate.model.linear import Linear
 from vla_ablate.model.norm import RMSNorm
 from vla_ablate.model.positions import build_positional_encoding
 
@@ -42,7 +43,7 @@ class DecoderOnlyTransformer(nn.Module):
             for _ in range(num_layers)
         )
         self.norm_final = RMSNorm(dim)
-        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.lm_head = Linear(dim, vocab_size)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith(("out_proj.weight", "down.weight")):
@@ -50,7 +51,7 @@ class DecoderOnlyTransformer(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
