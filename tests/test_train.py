@@ -80,11 +80,13 @@ def test_checkpoint_retention_keeps_best_and_last(tmp_path, actions):
     assert names == ["best.pt", "last.pt", "step_0000016.pt"]
 
 
-def test_resume_gives_identical_weights_and_metrics(tmp_path, actions):
-    ref_model, ref = fresh_run(tmp_path / "ref", actions, tcfg())
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_gives_identical_weights_and_metrics(tmp_path, actions, optimizer):
+    cfg = tcfg(optimizer=optimizer)
+    ref_model, ref = fresh_run(tmp_path / "ref", actions, cfg)
     # a run "killed" after its step-8 checkpoint: drop everything written later
     part = tmp_path / "part"
-    fresh_run(part, actions, tcfg())
+    fresh_run(part, actions, cfg)
     ckpt = part / "checkpoints"
     for name in ("last.pt", "step_0000016.pt", "train_done.json"):
         (ckpt / name).unlink(missing_ok=True)
@@ -92,7 +94,7 @@ def test_resume_gives_identical_weights_and_metrics(tmp_path, actions):
     messages = []
     torch.manual_seed(123)  # a different init: resume must overwrite it
     model = DecoderOnlyTransformer(**ARGS)
-    result = train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], tcfg(), part,
+    result = train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], cfg, part,
                    torch.device("cpu"), 0, log=messages.append)
     assert result.resumed_from == 8 and "resuming from checkpoint at step 8" in messages[0]
     for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):

@@ -60,6 +60,7 @@ class CacheConfig:
 class TrainConfig:
     steps: int = 760
     batch_size: int = 64
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
     lr: float = 3e-3
     min_lr: float = 1e-4
     warmup_steps: int = 80
@@ -146,6 +147,8 @@ def validate(cfg: Any) -> None:
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     checks = [
+        (t.optimizer in ("adamw", "muon"),
+         f"train.optimizer must be adamw or muon, got '{t.optimizer}'"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (0 <= t.min_lr <= t.lr, f"train.min_lr must lie in [0, train.lr], got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from vla_ablate.data import derived_seed
 from vla_ablate.fileio import atomic_torch_save, write_json
+from vla_ablate.optim import make_optimizer
 from vla_ablate.runfolder import MetricsFile
 
 CHECKPOINT_FORMAT = "vla-ablate-checkpoint"
@@ -83,15 +84,6 @@ def lr_at(step: int, tcfg) -> float:
     span = max(1, tcfg.steps - tcfg.warmup_steps)
     progress = min(1.0, (step - tcfg.warmup_steps) / span)
     return tcfg.min_lr + 0.5 * (tcfg.lr - tcfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model, tcfg):
-    """AdamW; weight decay on matrices only (not on norms' gains or biases)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
 def autocast_for(device: torch.device):

@@ -1,0 +1,117 @@
+"""The optimisers (AdamW, Muon) and the (in, out) linear layer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from vla_ablate.config import TrainConfig
+from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.model.linear import Linear
+from vla_ablate.optim import CombinedOptimizer, Muon, make_optimizer, orthogonalize
+
+ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
+            dropout=0.0)
+
+
+@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (3, 32, 32)])
+def test_orthogonalize_flattens_singular_values_and_keeps_directions(shape):
+    torch.manual_seed(0)
+    u, _, vh = torch.linalg.svd(torch.randn(*shape), full_matrices=False)
+    spectrum = torch.logspace(-2, 0, u.shape[-1])  # singular values spread over 100x
+    grad = u @ torch.diag_embed(spectrum) @ vh
+    out = orthogonalize(grad)
+    assert out.shape == grad.shape
+    s = torch.linalg.svdvals(out)
+    assert s.min() > 0.6 and s.max() < 1.25  # every direction moves by about the same amount
+    # same singular vectors: out = U diag(s') V^T with the grad's U and V
+    inner = u.mT @ out @ vh.mT
+    off_diag = inner - torch.diag_embed(torch.diagonal(inner, dim1=-2, dim2=-1))
+    assert off_diag.abs().max() < 1e-3
+
+
+def test_muon_update_has_adamw_sized_rms_and_decays_weights():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.zeros(256, 1024))
+    opt = Muon([p], lr=0.01, weight_decay=0.0)
+    p.grad = torch.randn(256, 1024)
+    opt.step()
+    rms = p.detach().pow(2).mean().sqrt().item()
+    assert 0.1 * 0.01 < rms < 0.3 * 0.01  # 0.2 * lr, as an AdamW update's RMS
+    q = torch.nn.Parameter(torch.ones(8, 8))
+    opt = Muon([q], lr=0.1, weight_decay=0.5)
+    q.grad = torch.zeros(8, 8)
+    opt.step()
+    assert torch.allclose(q.detach(), torch.full((8, 8), 0.95))  # decoupled decay, zero update
+
+
+def test_muon_refuses_vectors():
+    with pytest.raises(ValueError, match="matrices only"):
+        Muon([torch.nn.Parameter(torch.ones(4))])
+
+
+def tcfg(**over):
+    cfg = OmegaConf.structured(TrainConfig())
+    for key, value in over.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_make_optimizer_splits_matrices_between_muon_and_adamw():
+    model = DecoderOnlyTransformer(**ARGS, pos="learned")
+    opt = make_optimizer(model, tcfg(optimizer="muon"))
+    assert isinstance(opt, CombinedOptimizer)
+    muon, adamw = opt.optimizers
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_muon.isdisjoint(in_adamw) and in_muon | in_adamw == set(names.values())
+    assert all(n.startswith("blocks.") for n in in_muon) and len(in_muon) == 2 * 5
+    assert {"token_embedding.weight", "lm_head.weight", "pos_encoding.embedding.weight",
+            "norm_final.scale"} <= in_adamw
+    decayed = {names[id(p)] for g in adamw.param_groups if g["weight_decay"] for p in g["params"]}
+    assert not any("norm" in n for n in decayed)
+    assert len(opt.param_groups) == 3  # the schedule sets the lr of every group
+    plain = make_optimizer(model, tcfg())
+    assert isinstance(plain, torch.optim.AdamW)
+    with pytest.raises(ValueError, match="train.optimizer"):
+        make_optimizer(model, tcfg(optimizer="sgd"))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_both_optimizers_fit_a_fixed_batch(optimizer):
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(**ARGS)
+    opt = make_optimizer(model, tcfg(optimizer=optimizer, lr=3e-3))
+    x = torch.randint(0, 256, (8, 17))
+    first = None
+    for _ in range(30):
+        _, loss = model(x[:, :-1], x[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < first - 1.0
+
+
+def test_combined_state_dict_round_trip_and_mismatch():
+    model = DecoderOnlyTransformer(**ARGS)
+    opt = make_optimizer(model, tcfg(optimizer="muon"))
+    x = torch.randint(0, 256, (4, 9))
+    model(x[:, :-1], x[:, 1:])[1].backward()
+    opt.step()
+    other = make_optimizer(model, tcfg(optimizer="muon"))
+    other.load_state_dict(opt.state_dict())
+    buf = lambda o: [s["momentum_buffer"] for s in o.optimizers[0].state.values()]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(buf(opt), buf(other)))
+    with pytest.raises(ValueError, match="different optimizer"):
+        other.load_state_dict(make_optimizer(model, tcfg()).state_dict())
+
+
+def test_linear_stores_in_by_out_and_matches_the_formula():
+    torch.manual_seed(0)
+    layer = Linear(16, 24)
+    assert layer.weight.shape == (16, 24) and layer.weight.is_contiguous()
+    x = torch.randn(2, 5, 16)
+    assert torch.allclose(layer(x), F.linear(x, layer.weight.T), atol=1e-6)
+    assert torch.allclose(layer(x[:, :1]), layer(x)[:, :1], atol=1e-6)  # one token, same numbers
