@@ -37,3 +37,33 @@ def test_train_throughput_benchmark():
     for name in ("ours (attn_impl=manual)", "ours (attn_impl=sdpa)", "reference (SDPA, nn.RMSNorm)"):
         assert name in out
     assert "MFU" in out and "1.00x" in out  # the reference against itself
+
+
+def fake_run(folder, losses, batch_size):
+    """A run folder with validation records every 100 steps (a minute apart) and its config."""
+    import json
+
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"step": 100 * (i + 1), "split": "val", "loss": loss,
+                         "elapsed_s": 60.0 * (i + 1)}) for i, loss in enumerate(losses)]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(
+        f"train:\n  batch_size: {batch_size}\ndata:\n  seq_length: 50\n")
+    return folder
+
+
+def test_loss_curve_reports_crossings_and_compares_runs(tmp_path):
+    a = fake_run(tmp_path / "a", [2.1, 1.99, 1.95], 64)
+    b = fake_run(tmp_path / "b", [2.0, 1.93, 1.89], 32)
+    out = bench("loss_curve.py", str(a), "--out", str(tmp_path / "a.png"))
+    assert "val loss <= 2: step 200, minute 2.0" in out
+    assert "val loss <= 1.9: not reached" in out
+    out = bench("loss_curve.py", "--compare", f"adam={a}", f"other={b}",
+                "--out", str(tmp_path / "cmp.png"))
+    assert "adam (" in out and "other (" in out
+    assert "step   300  minute   3.0  val 1.8900" in out
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loss_curve.py"),
+                           "--compare", str(a)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "LABEL=RUN_DIR" in proc.stderr
