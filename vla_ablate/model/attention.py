@@ -84,11 +84,13 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(y) if dropout_p else y
 
     def _manual(self, q, k, v, attn_mask, is_causal, dropout_p, need_weights):
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))  # (B, nh, Tq, Tk)
+        # in place on the fresh product: fewer passes over the (B, nh, Tq, Tk) scores (the
+        # product's backward needs q and k, not the product, so autograd allows it)
+        scores = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(self.head_dim))
         if is_causal and attn_mask is None:
-            Tq, Tk = scores.shape[-2:]
-            attn_mask = causal_mask(Tq, Tk, scores.device)
-        if attn_mask is not None:
+            scores = scores.masked_fill_(causal_forbidden(*scores.shape[-2:], scores.device),
+                                         float("-inf"))
+        elif attn_mask is not None:
             scores = scores + attn_mask
         weights = torch.softmax(scores, dim=-1)
         if need_weights:
@@ -98,7 +100,12 @@ class CausalSelfAttention(nn.Module):
         return weights @ v  # (B, nh, Tq, hs)
 
 
+def causal_forbidden(tq: int, tk: int, device=None) -> torch.Tensor:
+    """(tq, tk) booleans, True where a query at the last tq of tk positions may not look."""
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).triu(diagonal=tk - tq + 1)
+
+
 def causal_mask(tq: int, tk: int, device=None) -> torch.Tensor:
     """Additive (tq, tk) mask for queries at the last tq of tk positions: 0 allowed, -inf not."""
-    allowed = torch.ones(tq, tk, dtype=torch.bool, device=device).tril(diagonal=tk - tq)
-    return torch.zeros(tq, tk, device=device).masked_fill(~allowed, float("-inf"))
+    return torch.zeros(tq, tk, device=device).masked_fill(causal_forbidden(tq, tk, device),
+                                                          float("-inf"))
