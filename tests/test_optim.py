@@ -72,7 +72,7 @@ def test_make_optimizer_splits_matrices_between_muon_and_adamw():
     decayed = {names[id(p)] for g in adamw.param_groups if g["weight_decay"] for p in g["params"]}
     assert not any("norm" in n for n in decayed)
     assert len(opt.param_groups) == 3  # the schedule sets the lr of every group
-    plain = make_optimizer(model, tcfg())
+    plain = make_optimizer(model, tcfg(optimizer="adamw"))
     assert isinstance(plain, torch.optim.AdamW)
     with pytest.raises(ValueError, match="train.optimizer"):
         make_optimizer(model, tcfg(optimizer="sgd"))
@@ -105,7 +105,7 @@ def test_combined_state_dict_round_trip_and_mismatch():
     buf = lambda o: [s["momentum_buffer"] for s in o.optimizers[0].state.values()]  # noqa: E731
     assert all(torch.equal(a, b) for a, b in zip(buf(opt), buf(other)))
     with pytest.raises(ValueError, match="different optimizer"):
-        other.load_state_dict(make_optimizer(model, tcfg()).state_dict())
+        other.load_state_dict(make_optimizer(model, tcfg(optimizer="adamw")).state_dict())
 
 
 def test_linear_stores_in_by_out_and_matches_the_formula():

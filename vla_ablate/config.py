@@ -58,16 +58,16 @@ class CacheConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 760
+    steps: int = 560
     batch_size: int = 64
-    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
+    optimizer: str = "muon"  # muon (Muon for the blocks' matrices, AdamW for the rest) | adamw
     lr: float = 3e-3
     min_lr: float = 1e-4
-    warmup_steps: int = 80
+    warmup_steps: int = 60
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     log_every: int = 20
-    eval_every: int = 190
+    eval_every: int = 140
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
     num_threads: int = 0  # 0: the machine's cores divided among concurrent jobs

@@ -235,7 +235,14 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     state = ckpts.latest_valid()
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise ValueError(
+                f"the checkpoint in {ckpts.folder} holds the state of another optimizer than "
+                f"train.optimizer={getattr(tcfg, 'optimizer', 'adamw')} ({err}); resume with the "
+                "settings it was trained with, or train in a new folder"
+            ) from err
         torch.set_rng_state(state["rng_torch"])
         start, best_val = state["step"], state["best_val_loss"]
         elapsed_before, resumed_from = state["elapsed_s"], state["step"]
