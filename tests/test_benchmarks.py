@@ -67,3 +67,10 @@ def test_loss_curve_reports_crossings_and_compares_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loss_curve.py"),
                            "--compare", str(a)], capture_output=True, text=True)
     assert proc.returncode == 2 and "LABEL=RUN_DIR" in proc.stderr
+
+
+def test_linear_layout_benchmark():
+    out = bench("linear_layout.py", "--rounds", "2", "--repeats", "2", "--tokens", "8")
+    assert out.count("(out, in): F.linear") == 2 and out.count("(in, out): x @ W") == 2
+    assert "1 token, forward (decoding)" in out and "8 tokens, forward + backward" in out
+    assert "17.0 MB of float32 weights" in out  # the 21 matrices of the model
