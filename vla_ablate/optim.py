@@ -123,7 +123,7 @@ def make_optimizer(model, tcfg):
     inside the Transformer blocks, AdamW for the token embedding, the output head, the norms and
     any positional table.
     """
-    name = getattr(tcfg, "optimizer", "adamw")
+    name = tcfg.optimizer
     if name not in OPTIMIZERS:
         raise ValueError(f"train.optimizer must be one of {OPTIMIZERS}, got '{name}'")
     hidden = []

@@ -240,7 +240,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
         except (ValueError, KeyError) as err:
             raise ValueError(
                 f"the checkpoint in {ckpts.folder} holds the state of another optimizer than "
-                f"train.optimizer={getattr(tcfg, 'optimizer', 'adamw')} ({err}); resume with the "
+                f"train.optimizer={tcfg.optimizer} ({err}); resume with the "
                 "settings it was trained with, or train in a new folder"
             ) from err
         torch.set_rng_state(state["rng_torch"])
