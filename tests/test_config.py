@@ -89,6 +89,7 @@ def test_schema_rejects_at_composition(override, fragment):
     ("train.batch_size=0", "train.batch_size must be positive"),
     ("data.num_trajectories=0", "data.num_trajectories must be positive"),
     ("model.num_heads=7", "divisible"),
+    ("train.optimizer=sgd", "train.optimizer must be adamw or muon, got 'sgd'"),
     ("train.lr=0", "train.lr must be > 0"),
     ("train.lr=-1e-3", "train.lr must be > 0"),
     ("model.dropout=1.0", "model.dropout must lie in [0, 1)"),

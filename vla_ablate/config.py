@@ -133,6 +133,7 @@ def check_batch_fits(batch_size: int, n_train: int) -> None:
 def validate(cfg: Any) -> None:
     """Raise ``ConfigError`` for the first value that cannot work."""
     from vla_ablate.model.factory import model_args_from_config
+    from vla_ablate.optim import OPTIMIZERS
 
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     positive = {
@@ -147,8 +148,8 @@ def validate(cfg: Any) -> None:
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     checks = [
-        (t.optimizer in ("adamw", "muon"),
-         f"train.optimizer must be adamw or muon, got '{t.optimizer}'"),
+        (t.optimizer in OPTIMIZERS,
+         f"train.optimizer must be {' or '.join(OPTIMIZERS)}, got '{t.optimizer}'"),
         (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
         (0 <= t.min_lr <= t.lr, f"train.min_lr must lie in [0, train.lr], got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
