@@ -61,10 +61,22 @@ def test_feedforward_is_swiglu_with_three_matrices():
 
 
 def test_block_names_and_prenorm():
-    block = TransformerBlock(32, 4, 64, 0.0)
+    torch.manual_seed(0)
+    block = TransformerBlock(32, 4, 64, 0.0).eval()
     for name in ("attention", "feed_forward", "norm1", "norm2"):
         assert hasattr(block, name)
     assert isinstance(block.attention, CausalSelfAttention)
+    with torch.no_grad():
+        block.norm1.scale.uniform_(0.5, 2.0)
+        block.norm2.scale.uniform_(0.5, 2.0)
+        x = 3.0 * torch.randn(2, 5, 32)
+        # pre-norm: each sublayer reads a normalised copy and adds to the raw residual stream
+        h = x + block.attention(block.norm1(x), is_causal=True)
+        expected = h + block.feed_forward(block.norm2(h))
+        assert torch.allclose(block(x, is_causal=True), expected, atol=1e-5)
+        post = block.norm1(x + block.attention(x, is_causal=True))
+        post = block.norm2(post + block.feed_forward(post))
+        assert not torch.allclose(block(x, is_causal=True), post, atol=1e-2)
 
 
 def test_attention_manual_equals_formula():
@@ -218,7 +230,13 @@ def test_sinusoidal_matches_formula():
     model = small_model("sinusoidal")
     x = torch.randint(0, 256, (1, 5))
     emb = model.pos_encoding.add_to_embedding(model.token_embedding(x), torch.arange(5))
-    assert torch.allclose(emb - model.token_embedding(x), sinusoidal_table(64, 32)[:5])
+    amplitude = model.pos_encoding.amplitude
+    assert torch.allclose(emb - model.token_embedding(x), amplitude * sinusoidal_table(64, 32)[:5],
+                          atol=1e-6)
+    # the matched amplitude from its closed form: 0.02 * sqrt(2) / sqrt(sum 4 sin^2(w/2) / d)
+    w = [10000 ** (-2 * i / 32) for i in range(16)]
+    step = math.sqrt(sum(4 * math.sin(v / 2) ** 2 for v in w) / 32)
+    assert amplitude == pytest.approx(0.02 * math.sqrt(2) / step, rel=1e-9)
 
 
 def test_attention_maps_shapes_and_rows_sum_to_one():

@@ -25,11 +25,17 @@ def model_args_from_config(cfg) -> dict:
         raise ValueError(f"model.attn_impl must be one of {', '.join(ATTN_IMPLS)}")
     if cfg.mask.name not in ("causal", "none"):
         raise ValueError(f"mask must be causal or none, got '{cfg.mask.name}'")
+    amplitude = cfg.pos.get("amplitude")
+    if amplitude is not None and cfg.pos.name != "sinusoidal":
+        raise ValueError(f"pos.amplitude applies to pos=sinusoidal only, not pos={cfg.pos.name}")
+    if amplitude is not None and amplitude <= 0:
+        raise ValueError(f"pos.amplitude must be > 0, got {amplitude}")
     return dict(
         vocab_size=VOCAB_SIZE, dim=m.dim, num_layers=m.num_layers, num_heads=m.num_heads,
         ff_hidden_dim=m.ff_hidden_dim, max_seq_len=m.max_seq_len, dropout=m.dropout,
         pos=cfg.pos.name, causal=cfg.mask.name == "causal", use_cache=bool(cfg.cache.enabled),
         attn_impl=m.attn_impl, pos_base=float(cfg.pos.base),
+        pos_amplitude=None if amplitude is None else float(amplitude),
     )
 
 

@@ -12,6 +12,8 @@ from vla_ablate.model.linear import Linear
 from vla_ablate.model.norm import RMSNorm
 from vla_ablate.model.positions import build_positional_encoding
 
+EMBED_STD = 0.02  # init std of the token (and learned position) embeddings
+
 
 class DecoderOnlyTransformer(nn.Module):
     """Token embedding -> positional encoding -> N pre-norm blocks -> RMSNorm -> lm_head.
@@ -22,7 +24,7 @@ class DecoderOnlyTransformer(nn.Module):
 
     def __init__(self, vocab_size=256, dim=256, num_layers=4, num_heads=8, ff_hidden_dim=1024,
                  max_seq_len=200, dropout=0.1, pos="rope", causal=True, use_cache=True,
-                 attn_impl="manual", pos_base=10000.0):
+                 attn_impl="manual", pos_base=10000.0, pos_amplitude=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -30,12 +32,15 @@ class DecoderOnlyTransformer(nn.Module):
             vocab_size=vocab_size, dim=dim, num_layers=num_layers, num_heads=num_heads,
             ff_hidden_dim=ff_hidden_dim, max_seq_len=max_seq_len, dropout=dropout, pos=pos,
             causal=causal, use_cache=use_cache, attn_impl=attn_impl, pos_base=pos_base,
+            pos_amplitude=pos_amplitude,
         )
         self.max_seq_len, self.causal, self.use_cache = max_seq_len, causal, use_cache
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.token_embedding = nn.Embedding(vocab_size, dim)
+        extra = {} if pos_amplitude is None else {"amplitude": pos_amplitude}
         self.pos_encoding = build_positional_encoding(
-            pos, dim=dim, num_heads=num_heads, max_seq_len=max_seq_len, base=pos_base
+            pos, dim=dim, num_heads=num_heads, max_seq_len=max_seq_len, base=pos_base,
+            token_std=EMBED_STD, **extra,
         )
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -54,7 +59,7 @@ class DecoderOnlyTransformer(nn.Module):
         if isinstance(module, Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=EMBED_STD)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -75,18 +80,26 @@ class DecoderOnlyTransformer(nn.Module):
         return logits, loss
 
     def hidden_states(self, input_ids, input_pos=None, need_weights=False):
+        """The final normed hidden states (B, T, C) of tokens at absolute positions ``input_pos``.
+
+        ``input_pos`` defaults to 0..T-1. With a KV cache set up (``setup_cache``) the tokens are
+        appended to it and attend to everything cached before them; without one they are scored
+        on their own at those positions (the position-shift evaluation: same tokens, new
+        positions).
+        """
         B, T = input_ids.shape
-        cached = input_pos is not None
+        cached = self.blocks[0].attention.kv_cache is not None
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
         end = int(input_pos[-1]) + 1
         if end > self.max_seq_len:
             raise ValueError(f"position {end - 1} is beyond max_seq_len={self.max_seq_len}")
+        key_pos = torch.arange(end, device=input_ids.device) if cached else input_pos
         x = self.token_embedding(input_ids)  # (B, T, C)
         x = self.pos_encoding.add_to_embedding(x, input_pos)
         if self.training and self.dropout.p:
             x = self.dropout(x)
-        attn_mask, is_causal = self._attention_mask(T, end, input_pos, x.device)
+        attn_mask, is_causal = self._attention_mask(input_pos, key_pos)
         kwargs = dict(
             rotary=self.pos_encoding.rotary(input_pos), attn_mask=attn_mask, is_causal=is_causal,
             input_pos=input_pos if cached else None, end=end, need_weights=need_weights,
@@ -95,18 +108,20 @@ class DecoderOnlyTransformer(nn.Module):
             x = block(x, **kwargs)
         return self.norm_final(x)
 
-    def _attention_mask(self, tq, tk, input_pos, device):
-        """The additive mask M for queries at ``input_pos`` over keys 0..tk-1.
+    def _attention_mask(self, q_pos, k_pos):
+        """The additive mask M for queries at ``q_pos`` over keys at ``k_pos``.
 
         Returns (mask or None, is_causal): a plain causal full pass is flagged rather than
-        materialised, and a one-token decode step needs no mask at all.
+        materialised, and a one-token decode step needs no mask at all. Queries are always the
+        last len(q_pos) of the keys (a full pass, a prefill or a decode step).
         """
-        bias = self.pos_encoding.attention_bias(input_pos, tk, self.causal)
+        tq, tk = len(q_pos), len(k_pos)
+        bias = self.pos_encoding.attention_bias(q_pos, k_pos, self.causal)
         if not self.causal or tq == 1:
             return bias, False
         if bias is None:
-            return (None, True) if tq == tk else (causal_mask(tq, tk, device), False)
-        return bias + causal_mask(tq, tk, device), False
+            return (None, True) if tq == tk else (causal_mask(tq, tk, q_pos.device), False)
+        return bias + causal_mask(tq, tk, q_pos.device), False
 
     @torch.no_grad()
     def attention_maps(self, input_ids):

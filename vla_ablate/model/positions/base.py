@@ -33,9 +33,11 @@ def register(name: str):
 class PositionalEncoding(nn.Module):
     name = "base"
 
-    def __init__(self, dim: int, num_heads: int, max_seq_len: int, base: float = 10000.0):
+    def __init__(self, dim: int, num_heads: int, max_seq_len: int, base: float = 10000.0,
+                 token_std: float = 0.02):
         super().__init__()
         self.dim, self.num_heads, self.max_seq_len, self.base = dim, num_heads, max_seq_len, base
+        self.token_std = token_std  # the token embeddings' init std: additive tables match it
 
     def add_to_embedding(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         return x
@@ -43,8 +45,8 @@ class PositionalEncoding(nn.Module):
     def rotary(self, input_pos: torch.Tensor):
         return None
 
-    def attention_bias(self, q_pos: torch.Tensor, num_keys: int, causal: bool):
-        """Additive (H, Tq, num_keys) bias for queries at ``q_pos`` over keys 0..num_keys-1."""
+    def attention_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool):
+        """Additive (H, Tq, Tk) bias for queries at positions ``q_pos`` over keys at ``k_pos``."""
         return None
 
 

@@ -11,10 +11,11 @@ from vla_ablate.model.positions.base import PositionalEncoding, register
 
 @register("learned")
 class LearnedPositionalEmbedding(PositionalEncoding):
-    def __init__(self, dim, num_heads, max_seq_len, base=10000.0):
-        super().__init__(dim, num_heads, max_seq_len, base)
+    def __init__(self, dim, num_heads, max_seq_len, base=10000.0, token_std=0.02):
+        super().__init__(dim, num_heads, max_seq_len, base, token_std)
         self.embedding = nn.Embedding(max_seq_len, dim)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        # the token embeddings' std: a position change weighs as much as a token change
+        nn.init.normal_(self.embedding.weight, std=token_std)
 
     def add_to_embedding(self, x, input_pos):
         return x + self.embedding(input_pos)

@@ -28,11 +28,12 @@ class RotaryPositionalEmbedding(PositionalEncoding):
     (default 0..T-1). Inside the model the tables come from ``rotary(input_pos)``.
     """
 
-    def __init__(self, dim: int, max_seq_len: int = 2048, base: float = 10000.0, num_heads=None):
+    def __init__(self, dim: int, max_seq_len: int = 2048, base: float = 10000.0, num_heads=None,
+                 token_std: float = 0.02):
         # ``dim`` is the head dimension in the course's call; inside the model the registry
         # passes the model width with ``num_heads``, and each head is rotated alike.
         num_heads = num_heads or 1
-        super().__init__(dim, num_heads, max_seq_len, base)
+        super().__init__(dim, num_heads, max_seq_len, base, token_std)
         head_dim = dim // num_heads
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
