@@ -64,28 +64,96 @@ def _status(summary) -> str:
     return status
 
 
+def _training_config(job: Path, summary: dict) -> dict:
+    """What the job's model was trained with, minus the seed: from summary.json (written by the
+    run itself) or, for a job that wrote none, from Hydra's saved config."""
+    config = summary.get("training_config")
+    if config is None:
+        try:
+            config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+        config = {k: config.get(k) for k in ("data", "model", "pos", "mask", "train")}
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+def _flatten(tree, prefix="") -> dict:
+    out = {}
+    for key, value in (tree or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def config_labels(configs: list[dict]) -> list[str]:
+    """A short label per training configuration: the keys that differ among ``configs``.
+
+    The pos and mask groups are table axes of their own (see ``pos_labels``) and never part of
+    this label; identical configurations share a label ("default" when nothing differs).
+    """
+    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(("pos.", "mask."))}
+            for c in configs]
+    return _differing(flat)
+
+
+def pos_labels(configs: list[dict]) -> list[str]:
+    """The encoding's name, plus its settings where runs of that encoding differ in them:
+    ``sinusoidal(amplitude=1.0)`` beside ``sinusoidal(amplitude=None)``, plain ``rope``."""
+    flat = [_flatten(c.get("pos") or {}) for c in configs]
+    names = [f.get("name") for f in flat]
+    labels = [None] * len(flat)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        group = [{k: v for k, v in flat[i].items() if k != "name"} for i in idx]
+        for i, extra in zip(idx, _differing(group)):
+            labels[i] = name if extra == "default" else f"{name}({extra})"
+    return labels
+
+
+def _differing(flat: list[dict]) -> list[str]:
+    keys = sorted({k for f in flat for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+    return [",".join(f"{k}={f.get(k)}" for k in varying) or "default" for f in flat]
+
+
 def load_runs(sweep_dirs) -> pd.DataFrame:
-    rows = []
+    """One row per job. ``config`` labels the training configuration (everything that changes
+    training except the seed and the pos/mask axes), so that tables never average runs that
+    were trained differently."""
+    rows, configs = [], []
     for sweep in _as_list(sweep_dirs):
         for job in job_folders(sweep):
             summary = _read_json(job / "summary.json")
             s = summary or {}
+            configs.append(_training_config(job, s))
             row = {"sweep": str(sweep), "job": job.name, "path": str(job), "status": _status(summary),
                    **_axes_from_hydra(job), **{k: s[k] for k in AXES if k in s},
                    "overrides": _overrides(job)}
             for key in ("val_loss", "val_perplexity", "train_loss", "best_val_loss", "steps",
                         "wall_time_s", "train_time_s", "train_tokens_per_s", "diverged_step",
-                        "model_key", "trained_here", "num_parameters", "error"):
+                        "model_key", "trained_here", "num_parameters", "precision", "error"):
                 row[key] = s.get(key)
-            for key, value in (s.get("mask_audit") or {}).items():
-                row[f"audit_{key}"] = value
-            for key, value in (s.get("extrapolation") or {}).items():
-                row[f"extrap_{key}"] = value
-            consistency = (s.get("kv_cache") or {}).get("consistency") or {}
+            data = configs[-1].get("data") or {}
+            row["data_varies_with_seed"] = bool(data.get("vary_with_seed")) and not data.get("path")
+            # one name per figure: the summary's own keys
+            for group in ("mask_audit", "position_shift", "extrapolation"):
+                for key, value in (s.get(group) or {}).items():
+                    row[key] = value
+            kv = s.get("kv_cache") or {}
+            consistency = kv.get("consistency") or {}
             row["kv_matches"] = consistency.get("matches")
             row["kv_max_logit_diff"] = consistency.get("max_logit_diff")
+            row["kv_concurrent_jobs"] = kv.get("concurrent_jobs")
             rows.append(row)
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    if not runs.empty:
+        runs.insert(3, "config", config_labels(configs))
+        labels = pos_labels(configs)  # jobs without a config keep the name from their summary
+        runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
+    return runs
 
 
 def load_metrics(sweep_dirs) -> pd.DataFrame:
@@ -103,7 +171,7 @@ def load_metrics(sweep_dirs) -> pd.DataFrame:
                 continue
         if records:
             df = pd.DataFrame(records)
-            for key in ("job", "sweep", *AXES, "model_key", "status"):
+            for key in ("job", "sweep", "config", *AXES, "model_key", "status"):
                 df[key] = getattr(run, key)
             frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -111,13 +179,19 @@ def load_metrics(sweep_dirs) -> pd.DataFrame:
 
 
 def load_speed(sweep_dirs) -> pd.DataFrame:
+    """One row per job and (batch size, new tokens): its paired cached/uncached timing."""
     rows = []
     for sweep in _as_list(sweep_dirs):
         for job in job_folders(sweep):
             s = _read_json(job / "summary.json") or {}
-            for r in (s.get("kv_cache") or {}).get("speed") or []:
-                rows.append({"job": job.name, "sweep": str(sweep), **{k: s.get(k) for k in AXES},
-                             **r})
+            kv = s.get("kv_cache") or {}
+            for r in kv.get("speed") or []:
+                if "speedup" not in r:
+                    continue  # an unpaired measurement from an older version: not comparable
+                rows.append({"job": job.name, "sweep": str(sweep), "model_key": s.get("model_key"),
+                             "precision": kv.get("precision"),
+                             "concurrent_jobs": kv.get("concurrent_jobs"),
+                             **{k: s.get(k) for k in AXES}, **r})
     return pd.DataFrame(rows)
 
 

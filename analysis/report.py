@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from analysis import plots, tables
 from analysis.collect import load_metrics, load_runs, load_speed
@@ -40,7 +41,8 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print) -> Path:
             plots.loss_curves(metrics, "pos", out / "loss_by_pos.png", mask="causal"),
         "Validation loss by mask": plots.loss_curves(metrics, "mask", out / "loss_by_mask.png"),
         "Attention maps, causal vs no mask": plots.attention_grid(runs, out / "attention_grid.png"),
-        "KV-cache generation speed": plots.kv_speed(speed, out / "kv_cache_speed.png"),
+        "Position shift": plots.position_shift(runs, out / "position_shift.png"),
+        "KV-cache speed-up": plots.kv_speed(speed, out / "kv_cache_speed.png"),
     }
     text = _report_md(sweep_dirs, runs, made, figures, target_loss)
     (out / "report.md").write_text(text)
@@ -48,27 +50,58 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print) -> Path:
     return out / "report.md"
 
 
+def coverage(runs) -> str:
+    """What the seed-to-seed intervals cover, from how the runs drew their data."""
+    done = runs[runs["status"] == "completed"]
+    varies = done["data_varies_with_seed"] if "data_varies_with_seed" in done else []
+    if len(varies) and bool(pd.Series(varies).all()):
+        return ("model initialisation, batch order and the training trajectories (each seed "
+                "trains on its own draw of the process; validation is the same fixed split)")
+    return ("model initialisation and batch order only: every seed trained on the same "
+            "trajectories (a data file, or data.vary_with_seed=false)")
+
+
 def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
     counts = runs["status"].value_counts().to_dict()
+    pos = made["positional"]
+    shift_cols = [c for c in pos if c.startswith("delta_shift_")]
     parts = [
         "# Ablation report", "",
         f"Sweeps: {', '.join(f'`{d}`' for d in sweep_dirs)}. Jobs: {len(runs)} "
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}).", "",
+        f"Intervals are 95% and cover {coverage(runs)}.", "",
         "## Findings", "", *[f"- {s}" for s in findings(made)], "",
         "## Positional encodings (causal mask)", "",
-        "Validation loss is the mean over seeds with its 95% Student-t interval; "
-        f"`steps_to_{target_loss:g}` is the first evaluated step at or below that loss; "
-        "`loss_2x`/`loss_4x` are losses on fresh trajectories of 2x/4x the training length; "
-        "`diff_vs_rope` is this encoding's loss minus RoPE's, paired by seed.", "",
-        tables.to_markdown(made["positional"]),
+        "One row per training configuration (`config`: the settings that differ between the "
+        "sweeps' runs, other than pos, mask and seed) and encoding. Validation loss is the mean "
+        "over seeds with its 95% Student-t interval. "
+        f"`steps_to_{target_loss:g}` is the median step at which the loss on a fixed slice of "
+        "the validation split first reached that value (runs that never did count as never; "
+        "`reached` says how many did). "
+        + (f"`{'`, `'.join(shift_cols)}`: the same validation trajectories placed k positions "
+           "later, minus their loss at 0..T-1: positional generalisation alone, with the data "
+           "unchanged. " if shift_cols else "")
+        + "`loss_Nx_beyond` is the loss at positions never trained on, in fresh trajectories N "
+        "times the training length: new positions *and* a new regime of the process (late in "
+        "a long trajectory many joints sit at their limits), to be read beside `loss_1x_fresh` "
+        "(fresh trajectories of the training length), never beside the validation loss. "
+        "`diff_vs_rope` is this encoding's loss minus RoPE's, paired by seed within the same "
+        "configuration; `pairs` counts the seeds it used.", "",
+        tables.to_markdown(pos),
         "## Mask audit", "",
         "Teacher-forced losses let every position see the whole input; the prefix-only loss "
-        "runs each prefix alone, as generation does. `leakage` is the largest change of an "
-        "earlier position's logits when later tokens change (0 for a causal model); "
-        "`cheating_gap` is prefix-only minus teacher-forced validation loss.", "",
+        "runs each prefix alone, as generation does. `seen_loss_teacher_forced` is measured "
+        "on trajectories of the first training epoch (trained on once each when every epoch "
+        "draws fresh trajectories). `leakage` is the largest change of an earlier position's "
+        "logits when later tokens change (0 for a causal model); `cheating_gap` is prefix-only "
+        "minus teacher-forced validation loss.", "",
         tables.to_markdown(made["mask_audit"]),
         "## KV cache", "",
-        "Median tokens/s of greedy generation over runs, by batch size and number of new tokens.",
+        "Each job timed cached and uncached greedy generation alternately on its own trained "
+        "model, in one process; a model's speed-up is the median over its pairs. The table "
+        "gives, per batch size and number of new tokens, the median over models with a 95% "
+        "percentile-bootstrap interval and the range. `timed_alone` is false where jobs ran "
+        "in parallel (their timings shared the CPU).",
         "", tables.to_markdown(made["kv_cache"]),
     ]
     for title, path in figures.items():
@@ -81,52 +114,77 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
 
 
 def findings(made) -> list[str]:
-    """A few sentences stating what the numbers show."""
+    """Sentences stating what the numbers show, for fixed, pre-chosen cells only."""
     out = []
-    pos = made["positional"].set_index("pos") if not made["positional"].empty else None
-    if pos is not None and len(pos) > 0:
-        best = pos["val_loss_mean"].idxmin()
-        out.append(f"Lowest validation loss under the causal mask: **{best}** "
-                   f"({_pm(pos.loc[best, 'val_loss_mean'], pos.loc[best, 'val_loss_ci95'])}, "
-                   f"{int(pos.loc[best, 'seeds'])} seed(s)).")
-        if "rope" in pos.index and "sinusoidal" in pos.index:
-            d, ci = pos.loc["sinusoidal", "diff_vs_rope"], pos.loc["sinusoidal", "diff_vs_rope_ci95"]
+    pos = made["positional"]
+    for config, rows in (pos.groupby("config", sort=True) if not pos.empty else []):
+        rows = rows.set_index("pos")
+        where = "" if config == "default" else f" ({config})"
+        variants = [p for p in rows.index if p.startswith("sinusoidal")] if "rope" in rows.index else []
+        for variant in variants:
+            r = rows.loc[variant]
+            d, ci = r["diff_vs_rope"], r["diff_vs_rope_ci95"]
             if np.isfinite(d):
                 verdict = ("larger than its 95% interval, so the difference is resolved"
                            if np.isfinite(ci) and abs(d) > ci else
                            "not larger than its 95% interval: more seeds are needed to call it"
                            if np.isfinite(ci) else "measured on one seed, so it has no interval")
-                winner = "RoPE" if d > 0 else "sinusoidal"
-                out.append(f"Sinusoidal minus RoPE validation loss: {_pm(d, ci)} nats "
-                           f"({winner} ahead); the difference is {verdict}.")
-        for name in pos.index:
-            at_4x, at_1x = pos.loc[name, "loss_4x"], pos.loc[name, "val_loss_mean"]
-            if np.isfinite(at_4x) and np.isfinite(at_1x):
-                out.append(f"{name}: loss at 4x the training length {at_4x:.3f} vs {at_1x:.3f} "
-                           "at the training length.")
+                winner = "RoPE" if d > 0 else variant
+                out.append(f"{variant.capitalize()} minus RoPE validation loss{where}: {_pm(d, ci)} nats "
+                           f"over {int(r['pairs'])} paired seed(s) ({winner} ahead); the "
+                           f"difference is {verdict}.")
+        shifts = sorted((c for c in rows if c.startswith("delta_shift_")),
+                        key=lambda c: int(c.rsplit("_", 1)[1]))
+        if shifts:
+            last = shifts[-1]
+            k = last.rsplit("_", 1)[1]
+            deltas = ", ".join(f"{name} {rows.loc[name, last]:+.4f}" for name in rows.index
+                               if np.isfinite(rows.loc[name, last]))
+            out.append(f"Position shift{where}: the validation trajectories moved {k} positions "
+                       f"later change the loss by {deltas} nats (0 for an encoding that sees "
+                       "relative positions only).")
+        beyond = sorted(c for c in rows if c.endswith("x_beyond"))
+        if beyond and "loss_1x_fresh" in rows:
+            col = beyond[-1]
+            text = ", ".join(f"{name} {rows.loc[name, col]:.3f} (vs {rows.loc[name, 'loss_1x_fresh']:.3f})"
+                             for name in rows.index if np.isfinite(rows.loc[name, col]))
+            out.append(f"Unseen positions of {col.split('_')[1]}-length trajectories{where} "
+                       f"(new positions and a new data regime; in brackets fresh trajectories "
+                       f"of the training length): {text}.")
     audit = made["mask_audit"]
     if not audit.empty and {"causal", "none"} <= set(audit["mask"]):
-        a = audit.groupby("mask")[["val_loss_teacher_forced", "val_loss_prefix_only",
-                                   "leakage"]].mean()
-        tf, honest = a.loc["none", "val_loss_teacher_forced"], a.loc["none", "val_loss_prefix_only"]
-        verdict = (
-            "the unmasked model reads the next token from its input instead of predicting it, "
-            "and that skill is useless when generating"
-            if honest - tf > CHEATING_GAP else
-            f"the gap is below {CHEATING_GAP} nats, so this model has not learned to exploit "
-            "the future (yet)")
-        out.append(
-            f"Without the causal mask the teacher-forced validation loss is {tf:.3f} (causal: "
-            f"{a.loc['causal', 'val_loss_teacher_forced']:.3f}); when each position sees only its "
-            f"prefix it is {honest:.3f}: {verdict} (leakage {a.loc['none', 'leakage']:.3g} vs "
-            f"{a.loc['causal', 'leakage']:.3g}).")
+        for config, rows in audit.groupby("config", sort=True):
+            if not {"causal", "none"} <= set(rows["mask"]):
+                continue
+            a = rows.groupby("mask")[["val_loss_teacher_forced", "val_loss_prefix_only",
+                                      "cheating_gap", "leakage"]].mean()
+            where = "" if config == "default" else f" ({config})"
+            tf, honest = a.loc["none", "val_loss_teacher_forced"], a.loc["none", "val_loss_prefix_only"]
+            verdict = (
+                "the unmasked model reads the next token from its input instead of predicting "
+                "it, and that skill is useless when generating"
+                if a.loc["none", "cheating_gap"] > CHEATING_GAP else
+                f"the gap is below {CHEATING_GAP} nats, so this model has not learned to exploit "
+                "the future (yet)")
+            out.append(
+                f"Without the causal mask{where} the teacher-forced validation loss is {tf:.3f} "
+                f"(causal: {a.loc['causal', 'val_loss_teacher_forced']:.3f}); when each position "
+                f"sees only its prefix it is {honest:.3f}: {verdict} (leakage "
+                f"{a.loc['none', 'leakage']:.3g} vs {a.loc['causal', 'leakage']:.3g}).")
     kv = made["kv_cache"]
-    if not kv.empty and kv["speedup"].notna().any():
-        row = kv.loc[kv["speedup"].idxmax()]
-        out.append(f"The KV cache's largest speed-up: {row['speedup']:.1f}x at batch "
-                   f"{int(row['batch_size'])}, {int(row['new_tokens'])} new tokens; cached decoding "
-                   f"matched the full pass in {row['cached_decode_matched']}. Without a causal "
-                   "mask cached and full-pass decoding differ by construction.")
+    if not kv.empty and kv["speedup_median"].notna().any():
+        one = kv[kv["batch_size"] == kv["batch_size"].min()]
+        row = one.loc[one["new_tokens"].idxmax()]  # the fixed cell: smallest batch, longest
+        interval = ("" if not np.isfinite(row["speedup_ci95_low"]) else
+                    f", 95% interval {row['speedup_ci95_low']:.2f}-{row['speedup_ci95_high']:.2f}")
+        out.append(
+            f"KV cache at batch {int(row['batch_size'])}, {int(row['new_tokens'])} new tokens: "
+            f"{row['speedup_median']:.2f}x (median over {int(row['models'])} model(s){interval}); "
+            f"across all cells the median speed-up ranges {kv['speedup_median'].min():.2f}x-"
+            f"{kv['speedup_median'].max():.2f}x. Cached decoding matched the full pass in "
+            f"{row['cached_decode_matched']}; without a causal mask the two differ by "
+            "construction." + ("" if kv["timed_alone"].all() else
+                               " Some timings ran beside other jobs and share their CPU."))
     status = made["status"]
     if not status.empty:
         listed = ", ".join(f"job {r.job} ({r.status})" for r in status.itertuples())

@@ -34,81 +34,150 @@ def trained_models(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def steps_to_reach(metrics: pd.DataFrame, target: float) -> pd.Series:
-    """First logged step at which each job's validation loss is <= ``target`` (NaN: never)."""
-    val = metrics[(metrics["split"] == "val") & (metrics["loss"] <= target)]
+    """First logged step at which each job's validation loss is <= ``target`` (NaN: never).
+
+    Uses the frequent fixed validation slice (split ``val_subset``) where a run logged one, else
+    the whole validation split.
+    """
+    split = "val_subset" if (metrics["split"] == "val_subset").any() else "val"
+    val = metrics[(metrics["split"] == split) & (metrics["loss"] <= target)]
     return val.groupby(["sweep", "job"])["step"].min()
 
 
+def censored_median(values) -> float:
+    """Median where NaN means "never reached" (later than any step): NaN if half never did."""
+    v = sorted(math.inf if not np.isfinite(x) else float(x) for x in values)
+    if not v:
+        return math.nan
+    n = len(v)
+    m = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    return m if math.isfinite(m) else math.nan
+
+
+def _per_seed(group: pd.DataFrame, col: str) -> pd.Series:
+    """``col`` averaged per seed (a seed trained twice, e.g. in two sweeps, counts once)."""
+    return group.groupby("seed")[col].mean() if col in group else pd.Series(dtype=float)
+
+
 def positional(runs, metrics, target_loss=2.0, reference="rope") -> pd.DataFrame:
-    """Each ``pos`` under the causal mask: val loss/perplexity over seeds, extrapolation, vs rope."""
+    """Each (training configuration, ``pos``) under the causal mask.
+
+    Validation loss over seeds with a 95% Student-t interval; steps to ``target_loss`` as a
+    median in which runs that never reach it count as never (not dropped); the position-shift
+    deltas; the loss at unseen positions of longer trajectories; and the difference to
+    ``reference`` paired by seed within the same configuration (``pairs``: seeds on both sides).
+    """
     models = trained_models(runs)
     models = models[models["mask"] == "causal"]
-    reached = steps_to_reach(metrics, target_loss)
-    ref = models[models["pos"] == reference].set_index("seed")["val_loss"]
+    reached = steps_to_reach(metrics, target_loss) if not metrics.empty else pd.Series(dtype=float)
+    shift_cols = sorted((c for c in models if c.startswith("delta_shift_")),
+                        key=lambda c: int(c.rsplit("_", 1)[1]))
+    beyond_cols = sorted(c for c in models if c.endswith("x_beyond"))
     rows = []
-    for pos, group in models.groupby("pos", sort=True):
-        loss = mean_ci(group["val_loss"])
-        ppl = mean_ci(group["val_perplexity"])
+    for (config, pos), group in models.groupby(["config", "pos"], sort=True):
+        loss = mean_ci(_per_seed(group, "val_loss"))
+        ppl = mean_ci(_per_seed(group, "val_perplexity"))
         steps = [reached.get((r.sweep, r.job), math.nan) for r in group.itertuples()]
-        row = {"pos": pos, "seeds": loss[3], "val_loss_mean": loss[0], "val_loss_std": loss[1],
-               "val_loss_ci95": loss[2], "val_ppl_mean": ppl[0], "val_ppl_std": ppl[1],
-               "val_ppl_ci95": ppl[2], f"steps_to_{target_loss:g}": _nanmean(steps),
-               "reached_target": f"{sum(np.isfinite(steps))}/{len(steps)}"}
-        for factor in (2, 4):
-            col = f"extrap_loss_{factor}x"
-            row[f"loss_{factor}x"] = mean_ci(group[col])[0] if col in group else math.nan
-        # paired by seed: (this pos - reference) with its 95% interval
-        diffs = [v - ref[s] for s, v in zip(group["seed"], group["val_loss"]) if s in ref.index]
-        d = mean_ci(diffs)
+        row = {"config": config, "pos": pos, "seeds": loss[3], "val_loss_mean": loss[0],
+               "val_loss_std": loss[1], "val_loss_ci95": loss[2], "val_ppl_mean": ppl[0],
+               "val_ppl_ci95": ppl[2], f"steps_to_{target_loss:g}": censored_median(steps),
+               "reached": f"{sum(np.isfinite(steps))}/{len(steps)}"}
+        for col in shift_cols:
+            row[col] = mean_ci(_per_seed(group, col))[0]
+        if "loss_1x" in group:
+            row["loss_1x_fresh"] = mean_ci(_per_seed(group, "loss_1x"))[0]
+        for col in beyond_cols:
+            row[col] = mean_ci(_per_seed(group, col))[0]
+        ref = models[(models["config"] == config) & (models["pos"] == reference)]
+        ref_loss, own = _per_seed(ref, "val_loss"), _per_seed(group, "val_loss")
+        paired = own.index.intersection(ref_loss.index)
+        d = mean_ci((own[paired] - ref_loss[paired]).tolist())
         row[f"diff_vs_{reference}"], row[f"diff_vs_{reference}_ci95"] = d[0], d[2]
+        row["pairs"] = d[3]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+AUDIT_FIGURES = ["seen_loss_teacher_forced", "val_loss_teacher_forced", "val_loss_prefix_only",
+                 "cheating_gap", "leakage"]
+
+
 def mask_audit(runs) -> pd.DataFrame:
-    """causal vs none, per pos: teacher-forced losses, the honest prefix-only loss, leakage."""
+    """causal vs none, per configuration and pos: the summary's mask-audit figures, by name."""
     models = trained_models(runs)
-    cols = {"audit_teacher_forced_train_loss": "train_loss_teacher_forced",
-            "audit_teacher_forced_val_loss": "val_loss_teacher_forced",
-            "audit_prefix_only_val_loss": "val_loss_prefix_only",
-            "audit_leakage": "leakage"}
-    present = [c for c in cols if c in models]
+    present = [c for c in AUDIT_FIGURES if c in models]
     if models.empty or not present:
-        return pd.DataFrame(columns=["pos", "mask", "seeds", *cols.values(), "cheating_gap"])
-    table = (models.groupby(["pos", "mask"], sort=True)[present].mean().rename(columns=cols)
-             .reset_index())
-    table.insert(2, "seeds", models.groupby(["pos", "mask"], sort=True).size().values)
-    if {"val_loss_prefix_only", "val_loss_teacher_forced"} <= set(table):
-        table["cheating_gap"] = table["val_loss_prefix_only"] - table["val_loss_teacher_forced"]
-    return table
+        return pd.DataFrame(columns=["config", "pos", "mask", "seeds", *AUDIT_FIGURES])
+    rows = []
+    for (config, pos, mask), group in models.groupby(["config", "pos", "mask"], sort=True):
+        row = {"config": config, "pos": pos, "mask": mask,
+               "seeds": group["seed"].nunique()}
+        for col in present:
+            row[col] = mean_ci(_per_seed(group, col))[0]
+        if "cheating_gap" in present:
+            row["cheating_gap_ci95"] = mean_ci(_per_seed(group, "cheating_gap"))[2]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def median_ci(values, level=0.95, resamples=2000, seed=0) -> tuple[float, float, float]:
+    """(median, low, high): a percentile-bootstrap interval of the median (NaN for n < 2)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    med = float(np.median(v))
+    if len(v) < 2:
+        return med, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    boots = np.median(rng.choice(v, size=(resamples, len(v)), replace=True), axis=1)
+    tail = (1 - level) / 2 * 100
+    return med, float(np.percentile(boots, tail)), float(np.percentile(boots, 100 - tail))
 
 
 def kv_cache(runs, speed) -> pd.DataFrame:
-    """Cache on vs off: median tokens/s by batch size and length, speed-up, decode agreement."""
-    cols = ["batch_size", "new_tokens", "tokens_per_s_cache_on", "tokens_per_s_cache_off",
-            "speedup", "cached_decode_matched"]
+    """The KV cache's paired speed-up per (batch size, new tokens), across trained models.
+
+    Each job times cached and uncached generation alternately on its own model; a model's
+    ratio is the median of its pairs (and of its jobs, when several evaluated it). The table
+    gives the median ratio over models with a 95% bootstrap interval, the range, the median
+    tokens/s of each side, and how many causal runs decoded exactly like the full pass.
+    """
+    cols = ["batch_size", "new_tokens", "models", "speedup_median", "speedup_ci95_low",
+            "speedup_ci95_high", "speedup_min", "speedup_max", "tokens_per_s_cache_on",
+            "tokens_per_s_cache_off", "precision", "timed_alone", "cached_decode_matched"]
     if speed.empty:
         return pd.DataFrame(columns=cols)
     ok = runs[runs["status"] == "completed"]
     speed = speed.merge(ok[["sweep", "job"]], on=["sweep", "job"])
-    med = (speed.groupby(["batch_size", "new_tokens", "use_cache"])["tokens_per_s"].median()
-           .unstack("use_cache"))
-    table = pd.DataFrame({
-        "tokens_per_s_cache_on": med.get(True, pd.Series(np.nan, index=med.index)),
-        "tokens_per_s_cache_off": med.get(False, pd.Series(np.nan, index=med.index)),
-    })
-    table["speedup"] = table["tokens_per_s_cache_on"] / table["tokens_per_s_cache_off"]
-    causal_on = ok[(ok["mask"] == "causal") & (ok["cache"] == "on")]["kv_matches"].dropna()
-    table["cached_decode_matched"] = (f"{int(causal_on.sum())}/{len(causal_on)} causal runs"
-                                      if len(causal_on) else "n/a")
-    return table.reset_index()[cols]
+    if speed.empty:
+        return pd.DataFrame(columns=cols)
+    speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]))
+    per_model = (speed.groupby(["batch_size", "new_tokens", "model"])
+                 .agg(speedup=("speedup", "median"), on=("tokens_per_s_cache_on", "median"),
+                      off=("tokens_per_s_cache_off", "median"),
+                      precision=("precision", lambda p: ",".join(sorted(set(map(str, p))))),
+                      alone=("concurrent_jobs", lambda c: bool((c.fillna(1) <= 1).all())))
+                 .reset_index())
+    causal = ok[ok["mask"] == "causal"]["kv_matches"].dropna()
+    matched = f"{int(causal.sum())}/{len(causal)} causal runs" if len(causal) else "n/a"
+    rows = []
+    for (batch, new), cell in per_model.groupby(["batch_size", "new_tokens"], sort=True):
+        med, lo, hi = median_ci(cell["speedup"])
+        rows.append({"batch_size": batch, "new_tokens": new, "models": len(cell),
+                     "speedup_median": med, "speedup_ci95_low": lo, "speedup_ci95_high": hi,
+                     "speedup_min": cell["speedup"].min(), "speedup_max": cell["speedup"].max(),
+                     "tokens_per_s_cache_on": cell["on"].median(),
+                     "tokens_per_s_cache_off": cell["off"].median(),
+                     "precision": ",".join(sorted(set(",".join(cell["precision"]).split(",")))),
+                     "timed_alone": bool(cell["alone"].all()), "cached_decode_matched": matched})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def status_table(runs) -> pd.DataFrame:
     """Jobs that did not complete, with what is known of why."""
     bad = runs[runs["status"] != "completed"]
-    return bad[["job", "status", "pos", "mask", "cache", "seed", "diverged_step", "error",
-                "path"]].reset_index(drop=True)
+    return bad[["job", "status", "config", "pos", "mask", "cache", "seed", "diverged_step",
+                "error", "path"]].reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
@@ -127,6 +196,3 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _nanmean(values):
-    v = [x for x in values if np.isfinite(x)]
-    return float(np.mean(v)) if v else math.nan

@@ -217,6 +217,14 @@ socket.socket.connect = connect
     # no WANDB_* variables from outside: the project itself must keep wandb offline
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["PYTHONPATH"] = f"{guard}{os.pathsep}{ROOT}"
+    # positive control: the guard is active in a child process and records a remote connect
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; s = socket.socket(); s.settimeout(0.1)\n"
+         "try:\n    s.connect(('192.0.2.1', 9))\nexcept OSError as e:\n    print(e)"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert "network access attempted" in probe.stdout
+    assert "192.0.2.1" in log.read_text()
+    log.unlink()
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
         [sys.executable, "-m", "vla_ablate", "-m", *SMOKE, "logger=wandb", "mask=causal,none",

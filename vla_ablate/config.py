@@ -26,7 +26,8 @@ class DataConfig:
     train_split: float = 0.9
     path: str | None = None  # a dataset file to use instead of generating one
     cache_dir: str | None = None  # default: <launch dir>/outputs/datasets
-    fresh_per_epoch: bool = True  # draw new training trajectories every epoch
+    fresh_per_epoch: bool = True  # draw new training trajectories every epoch (generated data)
+    vary_with_seed: bool = True  # training trajectories depend on `seed` (validation does not)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ModelConfig:
 class PosConfig:
     name: str = "rope"
     base: float = 10000.0
+    amplitude: float | None = None  # sinusoidal only: None matches the token embeddings
 
 
 @dataclass
@@ -68,11 +70,15 @@ class TrainConfig:
     grad_clip: float = 1.0
     log_every: int = 20
     eval_every: int = 140
+    subset_eval_every: int = 20  # 0: off; loss on a fixed validation slice (steps-to-target)
+    subset_eval_size: int = 256
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
     num_threads: int = 0  # 0: the machine's cores divided among concurrent jobs
     concurrent_jobs: int = 1  # jobs sharing this machine (the joblib launcher sets it)
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16 | fp16 (CUDA)
+    compile: str = "auto"  # auto (CUDA only) | on | off: torch.compile the training step
     share_models: bool = True  # jobs differing only in inference settings share one model
     progress: bool = True
 
@@ -83,6 +89,8 @@ class EvalConfig:
     audit_trajectories: int = 128
     extrapolation_factors: list[int] = field(default_factory=lambda: [2, 4])
     extrapolation_trajectories: int = 256
+    position_shifts: list[int] = field(default_factory=lambda: [50, 150])
+    shift_trajectories: int = 256
     gen_prompt_len: int = 10
     gen_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     gen_new_tokens: list[int] = field(default_factory=lambda: [50, 150])
@@ -134,6 +142,7 @@ def validate(cfg: Any) -> None:
     """Raise ``ConfigError`` for the first value that cannot work."""
     from vla_ablate.model.factory import model_args_from_config
     from vla_ablate.optim import OPTIMIZERS
+    from vla_ablate.precision import PRECISIONS
 
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     positive = {
@@ -155,10 +164,17 @@ def validate(cfg: Any) -> None:
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (t.grad_clip > 0, f"train.grad_clip must be > 0, got {t.grad_clip}"),
+        (t.subset_eval_every >= 0,
+         f"train.subset_eval_every must be >= 0, got {t.subset_eval_every}"),
+        (t.subset_eval_size > 0, f"train.subset_eval_size must be > 0, got {t.subset_eval_size}"),
         (t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"),
         (t.num_threads >= 0, f"train.num_threads must be >= 0, got {t.num_threads}"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
          f"train.device must be auto, cpu, cuda or mps, got '{t.device}'"),
+        (t.precision in PRECISIONS,
+         f"train.precision must be {', '.join(PRECISIONS)}, got '{t.precision}'"),
+        (t.compile in ("auto", "on", "off"),
+         f"train.compile must be auto, on or off, got '{t.compile}'"),
         (0 <= m.dropout < 1, f"model.dropout must lie in [0, 1), got {m.dropout}"),
         (d.seq_length >= 2, f"data.seq_length must be >= 2, got {d.seq_length}"),
         (d.seq_length <= m.max_seq_len,
@@ -193,6 +209,14 @@ def validate(cfg: Any) -> None:
                 f"eval.extrapolation_factors need sequences of {longest} tokens, beyond "
                 f"model.max_seq_len ({m.max_seq_len})"
             )
+        shifted = d.seq_length + max(e.position_shifts, default=0) - 1
+        if shifted > m.max_seq_len:
+            raise ConfigError(
+                f"eval.position_shifts need positions up to {shifted - 1}, beyond "
+                f"model.max_seq_len ({m.max_seq_len})"
+            )
+        if any(k < 0 for k in e.position_shifts):
+            raise ConfigError(f"eval.position_shifts must be >= 0, got {list(e.position_shifts)}")
         gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)
         if gen_len > m.max_seq_len:
             raise ConfigError(

@@ -1,7 +1,14 @@
-"""Per-run evaluations: mask audit, length extrapolation, KV-cache consistency and speed."""
+"""Per-run evaluations: mask audit, position shift, length extrapolation, KV cache.
+
+Every loss here is computed in the run's training precision (``precision``: the same autocast
+as validation during training), so the two sides of each comparison are computed alike.
+Generation runs in ``generation_precision``: bf16 weights and KV cache where the hardware
+computes bf16 natively, and the KV-cache check runs in that precision too.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -10,16 +17,20 @@ import torch
 import torch.nn.functional as F
 
 from vla_ablate.data import derived_seed, generate_dataset
+from vla_ablate.precision import DTYPES, autocast
 from vla_ablate.train import mean_loss, token_losses
 
 NO_MASK_NOTE = (
     "without a causal mask the full pass lets every position see later tokens, which a decode "
     "step cannot: cached and full-pass logits differ by construction"
 )
+# largest |cached - full-pass| logit difference that still counts as the same computation:
+# float32 differs only by summation order; bf16 keeps 8 bits of mantissa (logits ~10 -> ~0.05)
+LOGIT_TOLERANCE = {"fp32": 1e-3, "bf16": 0.25, "fp16": 0.05}
 
 
 @torch.no_grad()
-def prefix_only_loss(model, actions, device) -> float:
+def prefix_only_loss(model, actions, device, precision="fp32") -> float:
     """Loss when position t sees only tokens 0..t: what autoregressive generation sees.
 
     Each prefix is run on its own, so a model that learned to read the future (no causal mask)
@@ -29,13 +40,14 @@ def prefix_only_loss(model, actions, device) -> float:
     x = actions.to(device)
     total = 0.0
     for t in range(1, x.shape[1]):
-        logits, _ = model(x[:, :t])
+        with autocast(precision, device):
+            logits, _ = model(x[:, :t])
         total += F.cross_entropy(logits[:, -1].float(), x[:, t], reduction="sum").item()
     return total / (x.shape[0] * (x.shape[1] - 1))
 
 
 @torch.no_grad()
-def leakage(model, actions, device, seed=0) -> float:
+def leakage(model, actions, device, seed=0, precision="fp32") -> float:
     """Largest change of any earlier position's logits when the later half's tokens change."""
     model.eval()
     x = actions.to(device)
@@ -43,42 +55,97 @@ def leakage(model, actions, device, seed=0) -> float:
     gen = torch.Generator().manual_seed(seed)
     changed = x.clone()
     changed[:, half:] = torch.randint(0, 256, changed[:, half:].shape, generator=gen).to(device)
-    a, _ = model(x)
-    b, _ = model(changed)
-    return (a[:, :half] - b[:, :half]).abs().max().item()
+    with autocast(precision, device):
+        a, _ = model(x)
+        b, _ = model(changed)
+    return (a[:, :half].float() - b[:, :half].float()).abs().max().item()
 
 
-def mask_audit(model, train_actions, val_actions, device, n) -> dict:
+def mask_audit(model, seen_actions, val_actions, device, n, precision="fp32") -> dict:
+    """Teacher-forced vs prefix-only loss, and leakage. Keys are the names used everywhere.
+
+    ``seen_actions`` are trajectories of the first training epoch (trained on once each when
+    every epoch draws fresh trajectories, every epoch otherwise).
+    """
     val = val_actions[:n]
-    tf_val = mean_loss(model, val, device)
-    honest = prefix_only_loss(model, val, device)
+    tf_val = mean_loss(model, val, device, precision=precision)
+    honest = prefix_only_loss(model, val, device, precision)
     return {
-        "teacher_forced_train_loss": mean_loss(model, train_actions[:n], device),
-        "teacher_forced_val_loss": tf_val,
-        "prefix_only_val_loss": honest,
-        "honest_gap": honest - tf_val,
-        "leakage": leakage(model, val, device),
+        "seen_loss_teacher_forced": mean_loss(model, seen_actions[:n], device,
+                                              precision=precision),
+        "val_loss_teacher_forced": tf_val,
+        "val_loss_prefix_only": honest,
+        "cheating_gap": honest - tf_val,
+        "leakage": leakage(model, val, device, precision=precision),
     }
 
 
-def extrapolation(model, data_seed, seq_length, factors, n, device) -> dict:
-    """Loss on fresh trajectories of ``factor`` x the training length (all and unseen positions)."""
+@torch.no_grad()
+def position_shift(model, val_actions, shifts, device, precision="fp32") -> dict:
+    """Loss of the same validation trajectories placed at positions k..k+T-1 instead of 0..T-1.
+
+    The tokens, and so the data regime, are unchanged: only the positions the model sees move,
+    which isolates positional generalisation from the drift of longer trajectories. An encoding
+    that sees relative positions only (RoPE, ALiBi, none with a causal mask) scores the same at
+    every shift up to float error.
+    """
+    model.eval()
+    T = val_actions.shape[1]
+    out = {}
+    for k in [0, *shifts]:
+        total, count = 0.0, 0
+        positions = torch.arange(k, k + T - 1, device=device)
+        for i in range(0, len(val_actions), 256):
+            x = val_actions[i : i + 256].to(device)
+            with autocast(precision, device):
+                hidden = model.hidden_states(x[:, :-1], positions)
+                logits = model.lm_head(hidden)
+            total += F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:],
+                                     reduction="sum").item()
+            count += x[:, 1:].numel()
+        out[f"loss_shift_{k}"] = total / count
+        if k:
+            out[f"delta_shift_{k}"] = out[f"loss_shift_{k}"] - out["loss_shift_0"]
+    return out
+
+
+def extrapolation(model, data_seed, seq_length, factors, n, device, precision="fp32") -> dict:
+    """Loss at positions never trained on, in fresh trajectories ``factor`` x the training length.
+
+    Only the predictions of tokens seq_length..end are scored. They mix two effects: new
+    positions *and* a new regime of the process (late in a long trajectory many joints sit at
+    their limits and tokens change less often), so read them beside ``position_shift``, which
+    moves the positions alone. ``loss_1x`` is the same process at the training length, on fresh
+    trajectories, for reference.
+    """
     out = {}
     for factor in [1, *factors]:
         length = seq_length * factor
         actions = generate_dataset(n, length, derived_seed(data_seed, "extrapolation", factor),
                                    progress=False)["actions"]
-        losses = token_losses(model, actions, device)  # (n, length - 1)
-        out[f"loss_{factor}x"] = losses.mean().item()
-        if factor > 1:  # predictions of tokens seq_length..end: positions never trained on
+        losses = token_losses(model, actions, device, precision=precision)  # (n, length - 1)
+        if factor == 1:
+            out["loss_1x"] = losses.mean().item()
+        else:  # predictions of tokens seq_length..end: positions never trained on
             out[f"loss_{factor}x_beyond"] = losses[:, seq_length - 1 :].mean().item()
     return out
 
 
+def generation_model(model, precision):
+    """The model that generation runs: a bf16 (or fp16) copy, weights and KV cache, or itself."""
+    if precision == "fp32":
+        return model
+    return copy.deepcopy(model).to(DTYPES[precision]).eval()
+
+
 @torch.no_grad()
 def kv_cache_consistency(model, prompts, new_tokens, device) -> dict:
-    """Do cached logits equal the full pass step by step, and do greedy decodes agree?"""
+    """Do cached logits equal the full pass step by step, and do greedy decodes agree?
+
+    Runs in the model's own dtype (the generation precision); the tolerance follows it.
+    """
     model.eval()
+    precision = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
     x = prompts.to(device)
     greedy_cached = model.generate(x, new_tokens, top_k=1, use_cache=True)
     greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False)
@@ -92,35 +159,48 @@ def kv_cache_consistency(model, prompts, new_tokens, device) -> dict:
             step_logits.append(model(greedy_plain[:, t : t + 1], input_pos=positions[t : t + 1])[0])
     finally:
         model.clear_cache()
-    max_diff = (torch.cat(step_logits, dim=1) - full).abs().max().item()
+    max_diff = (torch.cat(step_logits, dim=1).float() - full.float()).abs().max().item()
     tokens_match = bool(torch.equal(greedy_cached, greedy_plain))
+    tolerance = LOGIT_TOLERANCE[precision]
     result = {"max_logit_diff": max_diff, "greedy_tokens_match": tokens_match,
-              "matches": tokens_match and max_diff < 1e-3}
+              "matches": tokens_match and max_diff < tolerance, "precision": precision,
+              "tolerance": tolerance}
     if not model.causal:
         result["note"] = NO_MASK_NOTE
     return result
 
 
-def generation_speed(model, prompts, batch_sizes, new_tokens, repeats, use_cache, device) -> list:
-    """tokens/s of ``generate`` (greedy) for each batch size and length: warm-up, then median."""
+def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, device) -> list:
+    """Cached vs uncached greedy generation, alternated on the same model in this process.
+
+    For each batch size and length: a warm-up of both sides, then ``repeats`` pairs whose order
+    alternates (on-off, off-on, ...) so that drift of the machine's speed hits both sides alike.
+    ``speedup`` is the median over pairs of (uncached time / cached time).
+    """
     model.eval()
     rows = []
     for batch in batch_sizes:
         reps = -(-batch // len(prompts))
         x = prompts.repeat(reps, 1)[:batch].to(device)
-        model.generate(x, min(4, max(new_tokens)), top_k=1, use_cache=use_cache)  # warm-up
+        for use_cache in (True, False):  # warm-up: allocations, kernels, caches
+            model.generate(x, min(4, max(new_tokens)), top_k=1, use_cache=use_cache)
         for n in new_tokens:
-            times = []
-            for _ in range(repeats):
-                _sync(device)
-                t = time.perf_counter()
-                model.generate(x, n, top_k=1, use_cache=use_cache)
-                _sync(device)
-                times.append(time.perf_counter() - t)
-            med = statistics.median(times)
-            rows.append({"batch_size": batch, "new_tokens": n, "use_cache": use_cache,
-                         "tokens_per_s": batch * n / med, "median_s": med,
-                         "spread_s": max(times) - min(times), "repeats": repeats})
+            times = {True: [], False: []}
+            for r in range(repeats):
+                for use_cache in ((True, False) if r % 2 == 0 else (False, True)):
+                    _sync(device)
+                    t = time.perf_counter()
+                    model.generate(x, n, top_k=1, use_cache=use_cache)
+                    _sync(device)
+                    times[use_cache].append(time.perf_counter() - t)
+            ratios = [off / on for on, off in zip(times[True], times[False])]
+            on_s, off_s = statistics.median(times[True]), statistics.median(times[False])
+            rows.append({"batch_size": batch, "new_tokens": n, "repeats": repeats,
+                         "cache_on_s": on_s, "cache_off_s": off_s,
+                         "tokens_per_s_cache_on": batch * n / on_s,
+                         "tokens_per_s_cache_off": batch * n / off_s,
+                         "speedup": statistics.median(ratios),
+                         "speedup_min": min(ratios), "speedup_max": max(ratios)})
     return rows
 
 

@@ -36,6 +36,7 @@ from vla_ablate.data import (
 )
 from vla_ablate.loggers import CsvLogger, Logger, WandbLogger
 from vla_ablate.model import build_model, model_args_from_config
+from vla_ablate.precision import resolve_precision
 from vla_ablate.runfolder import MetricsFile, running_summary, write_summary
 from vla_ablate.train import BatchSource, TrainingInterrupted, load_checkpoint, train
 
@@ -47,7 +48,8 @@ FAILED_JOBS: list[str] = []  # jobs of this process that did not complete (for t
 # or bookkeeping, so jobs differing only there share one trained model.
 _TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "train")
 _NOT_TRAINING = {"data": ("cache_dir",), "model": (),
-                 "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress")}
+                 "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
+                           "compile")}
 
 
 def log(message: str) -> None:
@@ -128,6 +130,11 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
     threads = thread_count(cfg)
     torch.set_num_threads(threads)
     device = pick_device(cfg.train.device)
+    try:
+        precision, why = resolve_precision(cfg.train.precision, device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    log(f"precision {precision}: {why}")
     train_actions, val_actions, fresh = load_data(cfg)
     model_args = model_args_from_config(cfg)
     key = model_key(cfg)
@@ -145,7 +152,8 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
             log(f"training model {key} ({model.num_parameters():,} parameters) in {train_dir}")
             batches = BatchSource(train_actions, cfg.train.batch_size, cfg.seed, fresh)
             result = train(model, model_args, batches, val_actions, cfg.train, train_dir, device,
-                           cfg.seed, on_record=logger.log_metrics, log=log).as_dict()
+                           cfg.seed, on_record=logger.log_metrics, log=log,
+                           precision=precision).as_dict()
         else:
             result = json.loads(done.read_text())
             log(f"model {key} already trained in {train_dir} ({result['status']}); reusing it")
@@ -162,7 +170,9 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
         "steps": result["steps"], "train_time_s": result["train_time_s"],
         "train_tokens_per_s": result.get("tokens_per_s"), "diverged_step": result["diverged_step"],
         "resumed_from": result.get("resumed_from"), "trained_here": trained_here,
-        "model_key": key, "model_dir": str(train_dir), "threads": threads, "device": str(device),
+        "model_key": key, "training_config": training_config(cfg),
+        "model_dir": str(train_dir), "threads": threads, "device": str(device),
+        "precision": precision,
     }
     plots.loss_curve(records, run_dir / "loss_curve.png", title=_title(cfg))
     if result["status"] == "completed" and cfg.eval.enabled:
@@ -174,7 +184,8 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
         model.load_state_dict(state["model"])
         model.to(device).eval()
         summary["num_parameters"] = model.num_parameters()
-        summary.update(run_evaluations(cfg, model, train_actions, val_actions, device, run_dir))
+        summary.update(run_evaluations(cfg, model, train_actions, val_actions, device, run_dir,
+                                       precision))
         logger.log_images({"loss_curve": run_dir / "loss_curve.png",
                            "attention_maps": run_dir / "attention_maps.png"})
     summary["wall_time_s"] = time.time() - t_start
@@ -186,23 +197,28 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
     return summary
 
 
-def run_evaluations(cfg, model, train_actions, val_actions, device, run_dir) -> dict:
+def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, precision) -> dict:
     e = cfg.eval
-    log("evaluating: mask audit, extrapolation, KV cache")
+    log(f"evaluating in {precision}: mask audit, position shift, extrapolation, KV cache")
     out = {
-        "mask_audit": evaluate.mask_audit(model, train_actions, val_actions, device,
-                                          e.audit_trajectories),
+        "mask_audit": evaluate.mask_audit(model, seen_actions, val_actions, device,
+                                          e.audit_trajectories, precision),
+        "position_shift": evaluate.position_shift(model, val_actions[: e.shift_trajectories],
+                                                  list(e.position_shifts), device, precision),
         "extrapolation": evaluate.extrapolation(model, cfg.data.seed, cfg.data.seq_length,
                                                 list(e.extrapolation_factors),
-                                                e.extrapolation_trajectories, device),
+                                                e.extrapolation_trajectories, device, precision),
     }
+    gen_model = evaluate.generation_model(model, precision)
     prompts = val_actions[:8, : e.gen_prompt_len]
     new = min(20, cfg.model.max_seq_len - e.gen_prompt_len)
     out["kv_cache"] = {
-        "consistency": evaluate.kv_cache_consistency(model, prompts[:4], new, device),
-        "speed": evaluate.generation_speed(model, prompts, list(e.gen_batch_sizes),
-                                           list(e.gen_new_tokens), e.gen_repeats,
-                                           bool(cfg.cache.enabled), device),
+        "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device),
+        "precision": precision,
+        # both sides on this model in this process, alternated: a paired ratio per model
+        "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
+                                                  list(e.gen_new_tokens), e.gen_repeats, device),
+        "concurrent_jobs": _concurrent_jobs(cfg),
     }
     if e.attention_maps:
         maps = model.attention_maps(val_actions[:1].to(device))
@@ -211,12 +227,29 @@ def run_evaluations(cfg, model, train_actions, val_actions, device, run_dir) -> 
     return out
 
 
+def _concurrent_jobs(cfg) -> int:
+    """How many jobs this launcher runs at once (timings taken beside others share the CPU)."""
+    launcher = HydraConfig.get().launcher
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        n_jobs = launcher.get("n_jobs") or -1
+        return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
+    return int(cfg.train.concurrent_jobs)
+
+
 def _title(cfg) -> str:
     return f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
 
 
 def load_data(cfg):
-    """(train actions, validation actions, fresh-epoch callable or None)."""
+    """(first-epoch training actions, validation actions, epoch -> actions callable or None).
+
+    Validation is always the fixed split of the dataset (``data.seed`` or ``data.path``), so
+    every seed of a study is scored on the same trajectories. Generated training trajectories
+    vary with ``seed`` when ``data.vary_with_seed`` (so a study's seeds cover the data too), and
+    are drawn afresh every epoch when ``data.fresh_per_epoch``. A file is used as it is, for
+    every epoch.
+    """
     d = cfg.data
     if d.path is not None:
         try:
@@ -236,24 +269,36 @@ def load_data(cfg):
         raise ConfigError(str(err)) from None
     check_batch_fits(cfg.train.batch_size, len(train_idx))
     actions = data["actions"]
-    fresh = None
-    if d.fresh_per_epoch:
-        def fresh(epoch):
-            seed = derived_seed(d.seed, "train-epoch", epoch)
-            return generate_dataset(len(train_idx), actions.shape[1], seed, progress=False)["actions"]
-    return actions[train_idx], actions[val_idx], fresh
+    if d.path is not None:
+        if d.fresh_per_epoch or d.vary_with_seed:
+            log(f"training on the {len(train_idx)} trajectories of {d.path} in every epoch "
+                "(data.fresh_per_epoch and data.vary_with_seed apply to generated data only)")
+        return actions[train_idx], actions[val_idx], None
+
+    def draw(epoch):
+        seed = (derived_seed(d.seed, "train", int(cfg.seed), epoch) if d.vary_with_seed
+                else derived_seed(d.seed, "train-epoch", epoch))
+        return generate_dataset(len(train_idx), actions.shape[1], seed, progress=False)["actions"]
+
+    first = draw(0) if d.vary_with_seed else actions[train_idx]
+    return first, actions[val_idx], draw if d.fresh_per_epoch else None
 
 
-def model_key(cfg) -> str:
-    """A readable, unique name for everything that determines a trained model."""
+def training_config(cfg) -> dict:
+    """Everything that changes how a model is trained (``seed`` included), as plain values."""
     parts = {}
     for key in _TRAINING_KEYS:
         value = OmegaConf.to_container(cfg[key], resolve=True) if key != "seed" else cfg.seed
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _NOT_TRAINING.get(key, ())}
         parts[key] = value
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{cfg.pos.name}-{cfg.mask.name}-seed{cfg.seed}-{digest}"
+    return parts
+
+
+def model_key(cfg) -> str:
+    """A readable, unique name for everything that determines a trained model."""
+    digest = hashlib.sha256(json.dumps(training_config(cfg), sort_keys=True).encode())
+    return f"{cfg.pos.name}-{cfg.mask.name}-seed{cfg.seed}-{digest.hexdigest()[:10]}"
 
 
 @contextmanager

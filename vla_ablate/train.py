@@ -12,7 +12,7 @@ import math
 import re
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from vla_ablate.data import derived_seed
 from vla_ablate.fileio import atomic_torch_save, write_json
 from vla_ablate.optim import make_optimizer
+from vla_ablate.precision import autocast
 from vla_ablate.runfolder import MetricsFile
 
 CHECKPOINT_FORMAT = "vla-ablate-checkpoint"
@@ -86,22 +87,20 @@ def lr_at(step: int, tcfg) -> float:
     return tcfg.min_lr + 0.5 * (tcfg.lr - tcfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def autocast_for(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 @torch.no_grad()
-def token_losses(model, actions: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
-    """Teacher-forced cross-entropy (nats) of every predicted token: (N, T - 1), on the CPU."""
+def token_losses(model, actions: torch.Tensor, device, batch_size: int = 256,
+                 precision: str = "fp32") -> torch.Tensor:
+    """Teacher-forced cross-entropy (nats) of every predicted token: (N, T - 1), on the CPU.
+
+    ``precision`` is the run's compute precision, so validation scores the model as it trains.
+    """
     was_training = model.training
     model.eval()
     out = []
     try:
         for i in range(0, len(actions), batch_size):
             x = actions[i : i + batch_size].to(device)
-            with autocast_for(device):
+            with autocast(precision, device):
                 logits, _ = model(x[:, :-1])
             out.append(F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:],
                                        reduction="none").cpu())
@@ -110,9 +109,10 @@ def token_losses(model, actions: torch.Tensor, device, batch_size: int = 256) ->
     return torch.cat(out)
 
 
-def mean_loss(model, actions: torch.Tensor, device, batch_size: int = 256) -> float:
+def mean_loss(model, actions: torch.Tensor, device, batch_size: int = 256,
+              precision: str = "fp32") -> float:
     """Teacher-forced mean cross-entropy (nats per token) over all sequences in ``actions``."""
-    return token_losses(model, actions, device, batch_size).mean().item()
+    return token_losses(model, actions, device, batch_size, precision).mean().item()
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -189,7 +189,10 @@ def load_model_from_checkpoint(path, **overrides):
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     check_checkpoint(state)
-    model = DecoderOnlyTransformer(**{**state["model_args"], **overrides})
+    args = dict(state["model_args"])
+    if args.get("pos") == "sinusoidal" and "pos_amplitude" not in args:
+        args["pos_amplitude"] = 1.0  # written before the matched amplitude: the unit table
+    model = DecoderOnlyTransformer(**{**args, **overrides})
     model.load_state_dict(state["model"])
     return model
 
@@ -222,13 +225,20 @@ def stop_on_signals():
 
 
 def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir, device,
-          seed: int, on_record=None, log=print) -> TrainResult:
-    """Train ``model`` in ``train_dir`` (checkpoints/ and metrics.jsonl), resuming if possible."""
+          seed: int, on_record=None, log=print, precision: str = "fp32") -> TrainResult:
+    """Train ``model`` in ``train_dir`` (checkpoints/ and metrics.jsonl), resuming if possible.
+
+    ``precision`` (``fp32``, ``bf16`` or ``fp16``, see vla_ablate/precision.py) is the forward
+    pass's compute dtype; weights, gradients and optimiser state stay float32.
+    """
     train_dir = Path(train_dir)
     ckpts = Checkpoints(train_dir / "checkpoints", tcfg.keep_checkpoints, log=log)
     metrics = MetricsFile(train_dir)
     model.to(device)
     optimizer = make_optimizer(model, tcfg)
+    # fp16's range is too narrow for raw gradients: scale the loss (a no-op in other precisions)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step_fn = compiled(model, tcfg.compile, log)
     torch.manual_seed(seed)
     start, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
 
@@ -244,6 +254,8 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 "settings it was trained with, or train in a new folder"
             ) from err
         torch.set_rng_state(state["rng_torch"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start, best_val = state["step"], state["best_val_loss"]
         elapsed_before, resumed_from = state["elapsed_s"], state["step"]
         log(f"resuming from checkpoint at step {start} of {tcfg.steps}")
@@ -262,6 +274,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model_args": model_args,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "best_val_loss": best_val, "rng_torch": torch.get_rng_state(), "elapsed_s": elapsed,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         }
 
     tokens_per_step = tcfg.batch_size * (batches.actions.shape[1] - 1)
@@ -279,14 +292,17 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = batches.batch(step).to(device)
-            with autocast_for(device):
-                _, loss = model(x[:, :-1], x[:, 1:])
+            with autocast(precision, device):
+                _, loss = step_fn(x[:, :-1], x[:, 1:])
             loss_value = loss.item()
             grad_norm = None
             if math.isfinite(loss_value):
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                if scaler.is_enabled() and not torch.isfinite(grad_norm):
+                    grad_norm = torch.zeros(())  # fp16 overflow: the scaler skips this step
             if not math.isfinite(loss_value) or not torch.isfinite(grad_norm):
                 if progress:
                     progress.close()
@@ -297,7 +313,8 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                                      resumed_from=resumed_from)
                 write_json(train_dir / "train_done.json", result.as_dict())
                 return result
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             s = step + 1
             window_loss += loss_value
             window_steps += 1
@@ -313,8 +330,16 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 if progress:
                     progress.set_postfix(loss=f"{last_train_loss:.3f}", tok_s=f"{tps:,.0f}")
                 window_loss, window_steps, window_t0 = 0.0, 0, now
+            if tcfg.subset_eval_every and s % tcfg.subset_eval_every == 0:
+                # a fixed slice of the validation set, often: the step a loss is reached
+                # resolved to subset_eval_every steps at a few percent of the training time
+                subset = mean_loss(model, val_actions[: tcfg.subset_eval_size], device,
+                                   precision=precision)
+                emit({"step": s, "split": "val_subset", "loss": subset,
+                      "perplexity": math.exp(min(subset, 50)),
+                      "elapsed_s": elapsed_before + time.perf_counter() - t0})
             if s % tcfg.eval_every == 0 or s == tcfg.steps:
-                last_val = mean_loss(model, val_actions, device)
+                last_val = mean_loss(model, val_actions, device, precision=precision)
                 emit({"step": s, "split": "val", "loss": last_val,
                       "perplexity": math.exp(min(last_val, 50)),
                       "elapsed_s": elapsed_before + time.perf_counter() - t0})
@@ -340,6 +365,19 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     )
     write_json(train_dir / "train_done.json", result.as_dict())
     return result
+
+
+def compiled(model, mode: str, log=print):
+    """The model's forward for training steps: ``torch.compile``d when ``train.compile`` says so.
+
+    ``auto`` compiles on CUDA only: on the CPU the measured gain does not repay the compile time
+    of a default run (docs/benchmarks.md, "Compiling the step").
+    """
+    use = mode == "on" or (mode == "auto" and next(model.parameters()).is_cuda)
+    if not use:
+        return model
+    log("compiling the training step (torch.compile; the first steps are slow)")
+    return torch.compile(model, dynamic=False)
 
 
 def _progress_bar(start, tcfg):

@@ -1,0 +1,257 @@
+"""Fair comparisons: equal footing at initialisation, position shift, paired timing, the data
+each seed trains on, and the analysis keyed by training configuration (fast: no subprocess)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import compose_cfg
+from test_model import SMALL, small_model
+
+from analysis import load_runs
+from analysis.report import build_report
+from analysis.tables import censored_median, kv_cache, median_ci, positional, steps_to_reach
+from vla_ablate import evaluate
+from vla_ablate.data import generate_dataset, save_dataset
+from vla_ablate.model import POSITIONAL_ENCODINGS, DecoderOnlyTransformer
+from vla_ablate.model.positions import PositionalEncoding
+from vla_ablate.run import load_data
+from vla_ablate.train import BatchSource, token_losses
+
+CPU = torch.device("cpu")
+ADDITIVE = [name for name, cls in sorted(POSITIONAL_ENCODINGS.items())
+            if cls.add_to_embedding is not PositionalEncoding.add_to_embedding]
+
+
+def first_block_input(model, tokens, positions):
+    with torch.no_grad():
+        return model.pos_encoding.add_to_embedding(model.token_embedding(tokens), positions)
+
+
+@pytest.mark.parametrize("pos", ADDITIVE)
+@pytest.mark.parametrize("dim", [32, 256])
+def test_moving_a_token_weighs_like_swapping_it_at_initialisation(pos, dim):
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(256, dim, 1, 4, 2 * dim, 200, 0.0, pos=pos)
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 256, (4000,), generator=gen)
+    others = (tokens + torch.randint(1, 256, (4000,), generator=gen)) % 256
+    where = torch.randint(0, 199, (4000,), generator=gen)
+    base = first_block_input(model, tokens, where)
+    moved = (first_block_input(model, tokens, where + 1) - base).pow(2).mean().sqrt()
+    swapped = (first_block_input(model, others, where) - base).pow(2).mean().sqrt()
+    assert 1 / 3 < (moved / swapped).item() < 3
+
+
+def test_unit_sinusoidal_table_is_the_handicap_the_test_catches():
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(pos="sinusoidal", pos_amplitude=1.0)
+    tokens = torch.randint(0, 256, (2000,))
+    where = torch.randint(0, 199, (2000,))
+    base = first_block_input(model, tokens, where)
+    moved = (first_block_input(model, tokens, where + 1) - base).pow(2).mean().sqrt()
+    swapped = (first_block_input(model, (tokens + 1) % 256, where) - base).pow(2).mean().sqrt()
+    assert (moved / swapped).item() > 3
+
+
+# ------------------------------------------------------------------ position shift
+
+
+@pytest.fixture(scope="module")
+def val_actions():
+    return generate_dataset(6, 16, seed=0)["actions"]
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi", "none"])
+def test_position_shift_leaves_relative_encodings_unchanged(pos, val_actions):
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(**SMALL, pos=pos).eval()
+    out = evaluate.position_shift(model, val_actions, [10, 40], CPU)
+    assert out["loss_shift_0"] == pytest.approx(token_losses(model, val_actions, CPU).mean().item(),
+                                                abs=1e-5)
+    assert abs(out["delta_shift_10"]) < 1e-5 and abs(out["delta_shift_40"]) < 1e-5
+
+
+@pytest.mark.parametrize("pos", ["sinusoidal", "learned"])
+def test_position_shift_moves_absolute_encodings(pos, val_actions):
+    out = evaluate.position_shift(small_model(pos), val_actions, [40], CPU)
+    assert abs(out["delta_shift_40"]) > 1e-3
+
+
+def test_extrapolation_scores_only_the_unseen_positions():
+    model = small_model("sinusoidal")
+    out = evaluate.extrapolation(model, 0, 8, [2], 4, CPU)
+    assert set(out) == {"loss_1x", "loss_2x_beyond"}
+    from vla_ablate.data import derived_seed
+
+    long = generate_dataset(4, 16, derived_seed(0, "extrapolation", 2), progress=False)["actions"]
+    losses = token_losses(model, long, CPU)
+    assert out["loss_2x_beyond"] == pytest.approx(losses[:, 7:].mean().item(), abs=1e-6)
+    assert out["loss_2x_beyond"] != pytest.approx(losses.mean().item(), abs=1e-4)
+
+
+def test_mask_audit_names_are_the_same_everywhere(val_actions):
+    audit = evaluate.mask_audit(small_model(causal=False), val_actions, val_actions, CPU, 4)
+    from analysis.tables import AUDIT_FIGURES
+
+    assert set(audit) == set(AUDIT_FIGURES)
+
+
+# ------------------------------------------------------------------ paired timing
+
+
+def test_kv_speed_alternates_both_sides_on_one_model(monkeypatch, val_actions):
+    model = small_model()
+    calls = []
+    original = model.generate
+
+    def spy(x, n, top_k=None, use_cache=None):
+        calls.append((x.shape[0], n, use_cache))
+        return original(x, n, top_k=top_k, use_cache=use_cache)
+
+    monkeypatch.setattr(model, "generate", spy)
+    rows = evaluate.paired_generation_speed(model, val_actions[:, :4], [2], [5], 4, CPU)
+    timed = [c for c in calls if c[1] == 5]
+    assert [c[2] for c in timed] == [True, False, False, True, True, False, False, True]
+    (row,) = rows
+    assert row["speedup_min"] <= row["speedup"] <= row["speedup_max"]
+    assert row["speedup"] == pytest.approx(np.median([row["cache_off_s"] / row["cache_on_s"]]),
+                                           rel=10)  # sanity: same order of magnitude
+    assert {"tokens_per_s_cache_on", "tokens_per_s_cache_off", "repeats"} <= set(row)
+
+
+def test_bf16_generation_model_decodes_like_its_full_pass(val_actions):
+    gen = evaluate.generation_model(small_model(), "bf16")
+    assert gen.lm_head.weight.dtype == torch.bfloat16
+    report = evaluate.kv_cache_consistency(gen, val_actions[:3, :4], 10, CPU)
+    assert report["precision"] == "bf16" and report["matches"] is True
+
+
+# ------------------------------------------------------------------ the data each seed sees
+
+
+def data_cfg(tmp_path, *over):
+    return compose_cfg(["debug=smoke", f"data.cache_dir={tmp_path}", *over])
+
+
+def test_training_trajectories_vary_with_seed_validation_does_not(tmp_path):
+    a_train, a_val, a_fresh = load_data(data_cfg(tmp_path, "seed=1"))
+    b_train, b_val, b_fresh = load_data(data_cfg(tmp_path, "seed=2"))
+    assert torch.equal(a_val, b_val)
+    assert not torch.equal(a_train, b_train)
+    assert not torch.equal(a_fresh(1), b_fresh(1)) and not torch.equal(a_fresh(1), a_fresh(2))
+    c_train, _, _ = load_data(data_cfg(tmp_path, "seed=1", "data.vary_with_seed=false"))
+    d_train, _, _ = load_data(data_cfg(tmp_path, "seed=2", "data.vary_with_seed=false"))
+    assert torch.equal(c_train, d_train)
+
+
+def test_a_data_file_is_used_for_every_epoch(tmp_path, capsys):
+    data = generate_dataset(40, 12, seed=5)
+    save_dataset(data, tmp_path / "mine.npz")
+    cfg = data_cfg(tmp_path, f"data.path={tmp_path / 'mine.npz'}", "train.batch_size=8")
+    train_actions, val_actions, fresh = load_data(cfg)
+    assert fresh is None
+    assert "every epoch" in capsys.readouterr().err
+    batches = BatchSource(train_actions, 8, seed=0, fresh=fresh)
+    rows = {tuple(r.tolist()) for r in data["actions"][:36]}
+    for step in range(0, 5 * batches.steps_per_epoch):  # five epochs
+        assert all(tuple(r.tolist()) in rows for r in batches.batch(step))
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def fake_job(folder, *, pos, seed, steps, val_loss, shift=0.0, speedups=(3.0,), mask="causal"):
+    """A completed job folder in the run format, trained with ``train.steps=steps``."""
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "data": {"seed": 42, "vary_with_seed": True, "path": None},
+              "model": {"dim": 32}, "pos": {"name": pos}, "mask": {"name": mask},
+              "train": {"steps": steps}}
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {**config, "cache": {"enabled": True}}))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+    summary = {"status": "completed", "pos": pos, "mask": mask, "cache": "on", "seed": seed,
+               "val_loss": val_loss, "val_perplexity": float(np.exp(val_loss)), "steps": steps,
+               "model_key": f"{pos}-{mask}-{seed}-{steps}", "training_config": config,
+               "position_shift": {"loss_shift_0": val_loss, "loss_shift_50": val_loss + shift,
+                                  "delta_shift_50": shift},
+               "kv_cache": {"precision": "fp32", "concurrent_jobs": 1, "speed": [
+                   {"batch_size": 1, "new_tokens": 50, "speedup": s, "speedup_min": s,
+                    "speedup_max": s, "tokens_per_s_cache_on": 100.0 * s,
+                    "tokens_per_s_cache_off": 100.0} for s in speedups[:1]],
+                   "consistency": {"matches": True, "max_logit_diff": 0.0}}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    records = [{"step": s, "split": "val_subset", "loss": 3.0 - s / 100} for s in range(20, steps + 1, 20)]
+    (folder / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+
+
+def two_sweeps(tmp_path):
+    """Two sweeps sharing seeds 1 and 2, trained for 30 and 60 steps."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    for sweep, steps, offset in ((a, 30, 0.0), (b, 60, -0.5)):
+        for i, (pos, seed) in enumerate([(p, s) for p in ("rope", "sinusoidal") for s in (1, 2)]):
+            loss = 2.0 + offset + (0.1 if pos == "sinusoidal" else 0.0) + 0.01 * seed
+            fake_job(sweep / str(i), pos=pos, seed=seed, steps=steps, val_loss=loss,
+                     speedups=(2.0 + i,))
+    return a, b
+
+
+def test_two_sweeps_sharing_seeds_give_one_row_per_training_config(tmp_path):
+    a, b = two_sweeps(tmp_path)
+    runs = load_runs([a, b])
+    assert set(runs["config"]) == {"train.steps=30", "train.steps=60"}
+    table = positional(runs, pd.DataFrame(columns=["step", "split", "loss", "sweep", "job"]))
+    assert len(table) == 4
+    row = table.set_index(["config", "pos"]).loc[("train.steps=60", "sinusoidal")]
+    assert row["seeds"] == 2 and row["pairs"] == 2
+    assert row["diff_vs_rope"] == pytest.approx(0.1)
+    assert row["val_loss_ci95"] > 0 and row["diff_vs_rope_ci95"] == pytest.approx(0.0, abs=1e-9)
+    assert row["delta_shift_50"] == 0.0
+
+
+def test_pairs_count_only_seeds_present_on_both_sides(tmp_path):
+    fake_job(tmp_path / "S" / "0", pos="rope", seed=1, steps=30, val_loss=2.0)
+    for i, seed in enumerate((1, 2, 3)):
+        fake_job(tmp_path / "S" / str(i + 1), pos="sinusoidal", seed=seed, steps=30,
+                 val_loss=2.1 + 0.01 * seed)
+    table = positional(load_runs(tmp_path / "S"),
+                       pd.DataFrame(columns=["step", "split", "loss", "sweep", "job"]))
+    sin = table.set_index("pos").loc["sinusoidal"]
+    assert sin["seeds"] == 3 and sin["pairs"] == 1
+
+
+def test_steps_to_target_is_resolved_by_the_subset_and_counts_misses():
+    metrics = pd.DataFrame(
+        [{"sweep": "s", "job": j, "split": "val_subset", "step": st, "loss": 3.0 - st / k}
+         for j, k in (("a", 100), ("b", 50), ("c", 1e9)) for st in range(20, 201, 20)]
+        + [{"sweep": "s", "job": "a", "split": "val", "step": 140, "loss": 1.0}])
+    reached = steps_to_reach(metrics, 1.8)
+    assert reached[("s", "a")] == 120 and reached[("s", "b")] == 60
+    assert ("s", "c") not in reached
+    assert censored_median([120, 60, np.nan]) == 120  # the miss counts as "later than any"
+    assert np.isnan(censored_median([120, np.nan, np.nan]))
+
+
+def test_kv_table_is_a_median_over_models_with_an_interval(tmp_path):
+    a, b = two_sweeps(tmp_path)
+    runs = load_runs([a, b])
+    from analysis import load_speed
+
+    table = kv_cache(runs, load_speed([a, b]))
+    (row,) = table.itertuples()
+    assert row.models == 8 and row.speedup_median == pytest.approx(3.5)
+    assert row.speedup_ci95_low <= row.speedup_median <= row.speedup_ci95_high
+    assert (row.speedup_min, row.speedup_max) == (2.0, 5.0)
+    assert median_ci([1.0])[1] != median_ci([1.0])[1]  # one model: no interval
+
+
+def test_report_on_two_sweeps_names_the_fixed_kv_cell_and_what_intervals_cover(tmp_path):
+    a, b = two_sweeps(tmp_path)
+    report = build_report([a, b], tmp_path / "out", log=lambda *_: None).read_text()
+    assert "training trajectories" in report  # what the intervals cover
+    assert "KV cache at batch 1, 50 new tokens: 3.50x" in report
+    assert "(train.steps=60)" in report
+    assert (tmp_path / "out" / "position_shift.png").exists()
