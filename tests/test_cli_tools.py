@@ -66,7 +66,8 @@ def test_token_decoding_follows_the_process():
     lo, hi = (float(v) for v in commands.distance_range(7).split("-"))
     assert lo == pytest.approx(7 * 3 / 31, abs=0.005) and hi == pytest.approx(8 * 3 / 31, abs=0.005)
     assert commands.distance_range(31) == ">=3.00"
-    assert commands.describe_token(165).split() == ["165", "+x-y+z", commands.distance_range(5)]
+    assert commands.describe_token(165).split() == ["165", "o5", "+x-y+z", "b5",
+                                                    commands.distance_range(5)]
     assert "approximate" in commands.TOKEN_NOTE
 
 
@@ -173,7 +174,9 @@ def test_sample_prints_decoded_tokens_and_true_continuation_loss(smoke_sweep):
     for row, t in zip(rows, range(4, 12)):
         true_cell, loss, greedy_cell = row[1].split(), float(row[2]), row[3].split()
         assert int(true_cell[0]) == truth[t]
-        assert true_cell[1] == commands.direction(int(truth[t]) // 32)
+        assert true_cell[1:4] == [f"o{int(truth[t]) // 32}",
+                                  commands.direction(int(truth[t]) // 32),
+                                  f"b{int(truth[t]) % 32}"]
         assert int(greedy_cell[0]) == greedy[t - 4]
         assert len(row) == 6  # step, true, loss, greedy, two samples
         losses.append(loss)

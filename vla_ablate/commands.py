@@ -270,9 +270,10 @@ def distance_range(bin_: int) -> str:
 
 
 def describe_token(token: int) -> str:
-    """``'165 +x-y+z 0.48-0.58'``: the token, its direction octant and its distance range."""
+    """``'165 o5 +x-y+z b5  0.48-0.58'``: the token, its octant with the signs of the error it
+    stands for, its distance bin with the distance range."""
     octant, bin_ = decode_token(token)
-    return f"{int(token):3d} {direction(octant)} {distance_range(bin_):>9}"
+    return f"{int(token):3d} o{octant} {direction(octant)} b{bin_:<2d} {distance_range(bin_):>9}"
 
 
 def _read_json(path: Path):

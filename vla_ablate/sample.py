@@ -96,8 +96,8 @@ def main(argv=None) -> int:
           f"mask={'causal' if args_.get('causal', True) else 'none'}, "
           f"{model.num_parameters():,} parameters")
     print(f"validation trajectory {args.trajectory} of {len(val)} ({source})")
-    print(f"note: {TOKEN_NOTE}; the direction is the sign of the remaining error on x, y, z, the "
-          "range the distance to the target")
+    print(f"note: {TOKEN_NOTE}. Each token reads: token, octant oN with the signs of the "
+          "remaining error on x, y, z, distance bin bN with the distance to the target it covers")
     print(f"prompt (steps 0-{K - 1}): " + ", ".join(str(int(t)) for t in prompt[0]))
     print()
     cols = ["true next token", "loss", "greedy"]
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         top_k = "all" if args.top_k is None else args.top_k
         cols += [f"sample {i + 1} (T={args.temperature:g}, top-k {top_k})"
                  for i in range(args.num_samples)]
-    widths = [23, 6, 23] + [30] * (len(cols) - 3)
+    widths = [29, 6, 29] + [31] * (len(cols) - 3)
     print("step | " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for i in range(new):
         t = K + i
