@@ -1,4 +1,5 @@
-"""``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--target-loss X]``."""
+"""``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--target-loss X]
+[--format md|mdx] [--student NAME]``."""
 
 import argparse
 import sys
@@ -7,8 +8,15 @@ from pathlib import Path
 from analysis.report import build_report
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line, ``error: ...``, exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m analysis",
         description="Tables, plots and report.md from one or more sweep folders.")
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep (or single run) folders")
@@ -16,14 +24,23 @@ def main(argv=None) -> int:
                         help="output folder (default: FIRST_SWEEP_DIR/report)")
     parser.add_argument("--target-loss", type=float, default=2.0,
                         help="validation loss for the steps-to-reach column (default 2.0)")
+    parser.add_argument("--format", choices=("md", "mdx"), default="md",
+                        help="md: report.md (default); mdx: also the course's Scratch-1 page, "
+                             "STUDENT.mdx with its images in images/")
+    parser.add_argument("--student", default=None,
+                        help="name in the MDX page's front matter and file name (with --format mdx)")
+    parser.add_argument("--date", default=None, help="date in the MDX page (default: today)")
     args = parser.parse_args(argv)
+    if args.format != "mdx" and (args.student or args.date):
+        parser.error("--student and --date belong to the MDX page: add --format mdx")
     for folder in args.sweep_dirs:
         if not folder.is_dir():
             print(f"error: no such sweep folder: {folder}", file=sys.stderr)
             return 2
     out = args.out or args.sweep_dirs[0] / "report"
     try:
-        build_report(args.sweep_dirs, out, args.target_loss)
+        mdx = {"student": args.student, "date": args.date} if args.format == "mdx" else None
+        build_report(args.sweep_dirs, out, args.target_loss, mdx=mdx)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.image import imread  # no pyplot: no global backend or figure state
+from matplotlib.ticker import MaxNLocator
 
 
 def loss_curves(metrics, hue, path, mask=None) -> Path | None:
@@ -31,26 +36,120 @@ def loss_curves(metrics, hue, path, mask=None) -> Path | None:
     return Path(path)
 
 
-def attention_grid(runs, path) -> Path | None:
-    """The first completed run's attention maps for each mask, side by side."""
+ATTENTION_MAPS = "attention_maps.npz"  # written by each job (the run-folder format)
+
+
+def attention_runs(runs) -> list:
+    """For each mask, the first completed run with attention maps (RoPE first: the course's)."""
     picks = []
+    if runs.empty or not {"status", "mask", "path"} <= set(runs):
+        return picks
     for mask in ("causal", "none"):
         done = runs[(runs["status"] == "completed") & (runs["mask"] == mask)]
-        for run in done.sort_values(["pos", "seed", "job"]).itertuples():
-            image = Path(run.path) / "attention_maps.png"
-            if image.exists():
-                picks.append((f"mask={mask} (pos={run.pos}, seed={run.seed})", image))
+        order = done.assign(_rope=done["pos"] != "rope").sort_values(["_rope", "pos", "seed", "job"])
+        for run in order.itertuples():
+            if (Path(run.path) / ATTENTION_MAPS).exists() or (
+                    Path(run.path) / "attention_maps.png").exists():
+                picks.append(run)
                 break
+    return picks
+
+
+def load_attention(run_path) -> list | None:
+    """One (H, T, T) array per layer from a job's attention_maps.npz, or None."""
+    path = Path(run_path) / ATTENTION_MAPS
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = sorted((k for k in npz.files if k.startswith("layer_")),
+                           key=lambda k: int(k.split("_")[1]))
+            return [npz[k].astype(np.float32) for k in names] or None
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def future_share(layer) -> float:
+    """Mean attention weight on keys after the query (0 for a causal model), over heads and rows."""
+    return float(np.triu(layer, k=1).sum(-1).mean())
+
+
+def attention_grid(runs, path) -> Path | None:
+    """Causal mask vs none: one row per mask, one panel per layer (mean over its heads).
+
+    Drawn from the jobs' attention_maps.npz; jobs written before that file existed fall back to
+    their rendered attention_maps.png, side by side.
+    """
+    picks = attention_runs(runs)
     if not picks:
         return None
+    maps = [load_attention(run.path) for run in picks]
+    if any(m is None for m in maps):
+        return _pasted_grid(picks, path)
+    layers = max(len(m) for m in maps)
+    # the first query can only attend to itself (weight 1 under the causal mask): scaling by it
+    # would leave every other weight dark, so the scale ends at the largest weight after it,
+    # and a square-root scale keeps near-uniform rows (1/T each) visible
+    vmax = max(float(layer.mean(0)[1:].max()) for m in maps for layer in m) or 1.0
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+    fig = Figure(figsize=(2.9 * layers + 1.6, 2.8 * len(picks) + 0.9), layout="constrained")
+    axes = fig.subplots(len(picks), layers, squeeze=False)
+    for row, (run, layer_maps) in enumerate(zip(picks, maps)):
+        for li in range(layers):
+            ax = axes[row][li]
+            if li >= len(layer_maps):
+                ax.axis("off")
+                continue
+            mean = layer_maps[li].mean(0)  # (T, T), over heads
+            image = ax.imshow(mean, cmap="viridis", norm=norm, interpolation="nearest")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax.set_title(f"layer {li}: {future_share(layer_maps[li]):.0%} on later steps",
+                         fontsize=10)
+            ax.set_xlabel("key step", fontsize=9)
+            if li == 0:
+                ax.set_ylabel(f"mask={run.mask} (pos={run.pos}, seed={run.seed})\nquery step",
+                              fontsize=10)
+    heads = maps[0][0].shape[0]
+    fig.colorbar(image, ax=axes, shrink=0.85, label=f"attention weight (mean of {heads} heads; square-root scale)")
+    fig.suptitle("Attention on one validation trajectory: causal mask vs no mask", fontsize=12)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _pasted_grid(picks, path) -> Path:
     fig = Figure(figsize=(7 * len(picks), 6))
     axes = fig.subplots(1, len(picks), squeeze=False)
-    for ax, (title, image) in zip(axes[0], picks):
-        ax.imshow(imread(image))
-        ax.set_title(title)
+    for ax, run in zip(axes[0], picks):
+        ax.imshow(imread(Path(run.path) / "attention_maps.png"))
+        ax.set_title(f"mask={run.mask} (pos={run.pos}, seed={run.seed})")
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def training_curve(metrics, path, pos="rope", mask="causal") -> Path | None:
+    """Train and validation loss against step for one (pos, mask), mean over seeds."""
+    if metrics.empty or not {"pos", "mask", "split", "step", "loss"} <= set(metrics):
+        return None
+    data = metrics[(metrics["pos"] == pos) & (metrics["mask"] == mask)]
+    if "model_key" in data:  # jobs sharing a trained model carry identical curves
+        data = data.drop_duplicates(subset=["model_key", "split", "step"])
+    if data.empty:
+        return None
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    for split, style in (("train", "-"), ("val", "o-")):
+        curve = data[data["split"] == split].groupby("step")["loss"].mean()
+        if not curve.empty:
+            ax.plot(curve.index, curve.values, style, ms=3,
+                    label="training" if split == "train" else "validation")
+    ax.axhline(math.log(5), color="grey", ls=":", lw=1, label="noise floor ln 5")
+    ax.set(xlabel="iteration (optimizer step)", ylabel="cross-entropy (nats/token)",
+           title=f"loss, pos={pos}, mask={mask} (mean over seeds)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     return Path(path)
 
 

@@ -10,11 +10,14 @@ import pandas as pd
 
 from analysis import plots, tables
 from analysis.collect import load_metrics, load_runs, load_speed
+from analysis.mdx import write_mdx
 
 CHEATING_GAP = 0.05  # nats: prefix-only minus teacher-forced loss that counts as cheating
 
 
-def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print) -> Path:
+def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> Path:
+    """Tables, plots and report.md in ``out_dir``; with ``mdx`` (a dict of ``write_mdx``'s
+    keywords, e.g. ``{"student": NAME}``) also the course's MDX page (analysis/mdx.py)."""
     sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path))
                                     else sweep_dirs)]
     out = Path(out_dir)
@@ -47,6 +50,10 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print) -> Path:
     text = _report_md(sweep_dirs, runs, made, figures, target_loss)
     (out / "report.md").write_text(text)
     log(f"wrote {out / 'report.md'} and the tables and plots beside it")
+    if mdx is not None:
+        page = write_mdx(out, made, figures, runs=runs, metrics=metrics, sweep_dirs=sweep_dirs,
+                         **mdx)
+        log(f"wrote {page} and its images in {out / 'images'}")
     return out / "report.md"
 
 

@@ -86,6 +86,7 @@ def test_attention_manual_equals_formula():
     y = attn(x, is_causal=True, need_weights=True)
     q, k, v = attn.qkv(x).split(16, dim=2)
     q, k, v = (t.view(2, 6, 2, 8).transpose(1, 2) for t in (q, k, v))
+    q, k = RotaryPositionalEmbedding(8)(q, k)  # used alone, the module applies its own RoPE
     mask = torch.full((6, 6), float("-inf")).triu(1)
     w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8) + mask, dim=-1)
     assert torch.allclose(attn.last_attn, w, atol=1e-6)

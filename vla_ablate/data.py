@@ -287,3 +287,12 @@ def _normalise(raw, path):
     if actions.is_floating_point() or actions.min() < 0 or actions.max() >= VOCAB_SIZE:
         raise DataError(f"{path}: actions must be integer tokens in [0, {VOCAB_SIZE})")
     return {"states": states, "actions": actions.long()}
+
+
+if __name__ == "__main__":  # python -m vla_ablate.data: the course's generate_data.py
+    import sys
+
+    from vla_ablate.commands import run_command
+    from vla_ablate.data_cli import main
+
+    sys.exit(run_command(main))

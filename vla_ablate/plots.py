@@ -25,20 +25,30 @@ def loss_curve(records, path, title="") -> None:
 
 
 def attention_maps(maps, path, title="") -> None:
-    """``maps``: one (H, T, T) tensor per layer (one trajectory). Rows: layers; columns: heads."""
+    """``maps``: one (H, T, T) tensor per layer (one trajectory). Rows: layers; columns: heads.
+
+    One colour scale for every panel (0 to the largest weight), so panels compare directly.
+    """
     layers, heads = len(maps), maps[0].shape[0]
-    fig = Figure(figsize=(1.6 * heads + 1, 1.6 * layers + 0.6))
-    axes = fig.subplots(layers, heads, squeeze=False)
-    for li, layer in enumerate(maps):
+    T = maps[0].shape[-1]
+    grids = [m.float().cpu().numpy() for m in maps]
+    vmax = max(float(g.max()) for g in grids) or 1.0
+    fig = Figure(figsize=(1.9 * heads + 1.4, 1.9 * layers + 0.9), layout="constrained")
+    axes = fig.subplots(layers, heads, squeeze=False, sharex=True, sharey=True)
+    ticks = sorted({0, T // 2, T - 1})
+    for li, grid in enumerate(grids):
         for hi in range(heads):
             ax = axes[li][hi]
-            ax.imshow(layer[hi].float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            image = ax.imshow(grid[hi], cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_xticks(ticks)
+            ax.set_yticks(ticks)
+            ax.tick_params(labelsize=7)
             if li == 0:
-                ax.set_title(f"head {hi}", fontsize=8)
+                ax.set_title(f"head {hi}", fontsize=9)
+            if li == layers - 1:
+                ax.set_xlabel("key step", fontsize=8)
             if hi == 0:
-                ax.set_ylabel(f"layer {li}", fontsize=8)
-    fig.suptitle(title or "attention (rows: query, columns: key)", fontsize=9)
-    fig.tight_layout()
+                ax.set_ylabel(f"layer {li}\nquery step", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.suptitle(title or "attention (rows: query step, columns: key step)", fontsize=10)
     fig.savefig(path, dpi=100)

@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from vla_ablate import evaluate, plots
+from vla_ablate import evaluate, plots, runfolder
 from vla_ablate.config import ConfigError, check_batch_fits, validate
 from vla_ablate.data import (
     DataError,
@@ -224,6 +224,7 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
         maps = model.attention_maps(val_actions[:1].to(device))
         plots.attention_maps([m[0] for m in maps], run_dir / "attention_maps.png",
                              title=f"{_title(cfg)}: attention on one validation trajectory")
+        runfolder.write_attention_maps(run_dir, [m[0] for m in maps], val_actions[0])
     return out
 
 

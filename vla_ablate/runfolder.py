@@ -8,21 +8,29 @@ A job folder holds:
 - ``metrics.jsonl``: one JSON record per logged step, ``{"step", "split": train|val, "loss",
   "perplexity", ...}``;
 - ``loss_curve.png``, ``attention_maps.png``; ``checkpoints/`` when the job trained its model
-  itself (shared models live in ``<sweep>/models/<key>/``).
+  itself (shared models live in ``<sweep>/models/<key>/``);
+- ``attention_maps.npz``: the attention weights drawn in ``attention_maps.png`` as data, one
+  float32 array ``layer_<i>`` of (H, T, T) per layer (rows: query step, columns: key step) and
+  ``tokens`` (T,), the validation trajectory they were computed on. The analysis draws its
+  causal-vs-no-mask figure from these.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import time
 from pathlib import Path
 
+import numpy as np
+
 from vla_ablate.fileio import atomic_write, json_line, write_json
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+ATTENTION_MAPS = "attention_maps.npz"
 
 
 class MetricsFile:
@@ -61,3 +69,14 @@ def running_summary(axes: dict) -> dict:
     """The summary a job writes when it starts: lets the analysis tell running from crashed."""
     return {"status": "running", **axes, "axes": axes, "pid": os.getpid(),
             "host": socket.gethostname(), "started_at": time.time()}
+
+
+def write_attention_maps(folder, maps, tokens) -> Path:
+    """``maps``: one (H, T, T) tensor per layer for the trajectory ``tokens`` (T,)."""
+    arrays = {f"layer_{i}": m.detach().float().cpu().numpy() for i, m in enumerate(maps)}
+    buf = io.BytesIO()
+    # compressed: a causal map is zero above its diagonal
+    np.savez_compressed(buf, tokens=np.asarray(tokens.cpu(), dtype=np.int64), **arrays)
+    path = Path(folder) / ATTENTION_MAPS
+    atomic_write(path, buf.getvalue())
+    return path

@@ -44,7 +44,8 @@ class DecoderOnlyTransformer(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, ff_hidden_dim, dropout, attn_impl)
+            # positions come from pos_encoding, so the blocks keep no RoPE tables of their own
+            TransformerBlock(dim, num_heads, ff_hidden_dim, dropout, attn_impl, own_rope=False)
             for _ in range(num_layers)
         )
         self.norm_final = RMSNorm(dim)
@@ -69,6 +70,8 @@ class DecoderOnlyTransformer(nn.Module):
     def forward(self, input_ids, targets=None, input_pos=None, need_weights=False):
         """Logits (B, T, V) and the mean cross-entropy against ``targets`` (or None).
 
+        Targets equal to -1 are ignored (the course's padding), as in the template.
+
         ``input_pos`` (T,) are the tokens' absolute positions; passing it reads and writes the KV
         cache set up by ``setup_cache`` (the positions must follow the ones already cached).
         """
@@ -76,7 +79,8 @@ class DecoderOnlyTransformer(nn.Module):
         logits = self.lm_head(hidden)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=-1)
         return logits, loss
 
     def hidden_states(self, input_ids, input_pos=None, need_weights=False):

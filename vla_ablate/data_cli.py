@@ -1,0 +1,52 @@
+"""``python -m vla_ablate.data``: the dataset in the course's format (its ``generate_data.py``).
+
+Writes a pickle of ``{"states": float32 (N, T, 10), "actions": int64 (N, T)}`` torch tensors, as
+the course's generator does; ``data.path=`` (and ``vla_ablate.data.load_dataset``) reads it back.
+An ``--output`` ending in ``.npz`` writes this project's own array format instead.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+from vla_ablate.commands import ArgumentParser, CommandError, positive_int, run_command
+from vla_ablate.data import generate_dataset, save_dataset
+from vla_ablate.fileio import atomic_write
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(prog="python -m vla_ablate.data",
+                       description="Generate the course's synthetic trajectory dataset.")
+    # the course's spellings (--num_trajectories) and the usual dashed ones both work
+    p.add_argument("--num_trajectories", "--num-trajectories", type=positive_int, default=10000,
+                   help="number of trajectories (default 10000)")
+    p.add_argument("--seq_length", "--seq-length", type=positive_int, default=50,
+                   help="steps per trajectory (default 50)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument("--output", type=Path, default=Path("data/trajectories.pkl"),
+                   help="file to write (default data/trajectories.pkl; .npz: our array format)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.output.is_dir():
+        raise CommandError(f"--output {args.output} is a folder; name a file")
+    data = generate_dataset(args.num_trajectories, args.seq_length, args.seed, progress=True)
+    try:
+        if args.output.suffix == ".npz":
+            save_dataset(data, args.output)
+        else:
+            atomic_write(args.output, pickle.dumps(data))
+    except OSError as err:
+        raise CommandError(f"cannot write {args.output}: {err.strerror or err}") from None
+    s, a = data["states"], data["actions"]
+    print(f"wrote {args.output}: states float32 {tuple(s.shape)}, actions int64 "
+          f"{tuple(a.shape)} (tokens {int(a.min())}..{int(a.max())}), seed {args.seed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))
