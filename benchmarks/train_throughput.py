@@ -1,6 +1,7 @@
 """Training throughput of our model against a straightforward reference of the same model.
 
     python benchmarks/train_throughput.py [--rounds 5] [--steps 5] [--batch-size 32]
+                                          [--precisions fp32 auto]
 
 The reference is the plain way to write the same architecture in PyTorch: nn.RMSNorm,
 F.scaled_dot_product_attention, rotate-half RoPE, a SwiGLU MLP; same sizes, same initial
@@ -9,11 +10,15 @@ every model in turn, after a warm-up; the table shows the median tokens/s over r
 spread, training work per second (tokens/s x parameters) and its ratio to the reference (of the
 medians, and the median of the ratios within each round, whose order rotates), and
 model FLOPs utilisation: 6 x parameters x tokens/s against the machine's matmul peak measured
-in the same run (a 2048^3 float32 matmul).
-Goal: our work/s >= the reference's.
+in the same run (a 2048^3 matmul in the row's precision). Every model runs in each of
+``--precisions`` (``auto`` resolves as ``train.precision=auto`` does: bf16 where the CPU computes
+it natively); the ratios are against the reference in fp32, measured in the same rounds.
+Goals: our work/s >= the reference's at the same precision; ``auto`` >= 1.8x the fp32 reference
+on a CPU with native bf16.
 """
 
 import argparse
+import copy
 import math
 import statistics
 import time
@@ -23,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.precision import DTYPES, autocast, resolve_precision
 
 SIZE = dict(vocab_size=256, dim=256, num_layers=4, num_heads=8, ff_hidden_dim=1024)
+REF = "reference (SDPA, nn.RMSNorm)"
 
 
 class RefBlock(nn.Module):
@@ -90,8 +97,8 @@ def copy_weights(ours, ref):
             rb.w2.weight.copy_(ob.feed_forward.down.weight.T)
 
 
-def peak_flops(size=2048, repeats=5):
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def peak_flops(size=2048, repeats=5, dtype=torch.float32):
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -108,63 +115,77 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=50)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"],
+                        choices=["fp32", "bf16", "auto"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    models = {}
+    cpu = torch.device("cpu")
+    precisions = {}
+    for requested in args.precisions:
+        resolved, why = resolve_precision(requested, cpu)
+        precisions[requested if requested == resolved else f"{requested}={resolved}"] = resolved
+        if requested == "auto":
+            print(f"precision auto -> {resolved}: {why}")
+    base = {}
     for impl in ("manual", "sdpa"):
         torch.manual_seed(0)
-        models[f"ours (attn_impl={impl})"] = DecoderOnlyTransformer(**SIZE, max_seq_len=256,
-                                                                    dropout=0.0, attn_impl=impl)
+        base[f"ours (attn_impl={impl})"] = DecoderOnlyTransformer(**SIZE, max_seq_len=256,
+                                                                  dropout=0.0, attn_impl=impl)
     ref = Reference(**SIZE)
-    copy_weights(models["ours (attn_impl=manual)"], ref)
-    models["reference (SDPA, nn.RMSNorm)"] = ref
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    copy_weights(base["ours (attn_impl=manual)"], ref)
+    base[REF] = ref
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in base.items()}
     assert len(set(params.values())) == 1, params
-    optims = {name: torch.optim.AdamW(m.parameters(), lr=1e-3) for name, m in models.items()}
+    n_params = next(iter(params.values()))
+    # every (model, precision) trains its own copy from the same weights
+    models = {(name, label): copy.deepcopy(m) for name, m in base.items() for label in precisions}
+    optims = {key: torch.optim.AdamW(m.parameters(), lr=1e-3) for key, m in models.items()}
     data = torch.randint(0, 256, (args.batch_size, args.seq_len),
                          generator=torch.Generator().manual_seed(0))
     tokens = args.batch_size * (args.seq_len - 1)
 
-    def step(name):
-        _, loss = models[name](data[:, :-1], data[:, 1:])
-        optims[name].zero_grad(set_to_none=True)
+    def step(key):
+        with autocast(precisions[key[1]], cpu):
+            _, loss = models[key](data[:, :-1], data[:, 1:])
+        optims[key].zero_grad(set_to_none=True)
         loss.backward()
-        optims[name].step()
+        optims[key].step()
 
-    for name in models:  # warm-up
+    for key in models:  # warm-up
         for _ in range(2):
-            step(name)
-    peak = peak_flops()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{next(iter(params.values())):,} parameters, batch {args.batch_size} x "
-          f"{args.seq_len - 1} tokens; matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
-    rates = {name: [] for name in models}
-    names = list(models)
+            step(key)
+    peaks = {p: peak_flops(dtype=DTYPES[p]) for p in set(precisions.values())}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {n_params:,} parameters, batch "
+          f"{args.batch_size} x {args.seq_len - 1} tokens; matmul peak "
+          + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in sorted(peaks.items())), flush=True)
+    rates = {key: [] for key in models}
+    keys = list(models)
     for r in range(args.rounds):
         # rotate who goes first, so that no model always runs right after the same neighbour
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
             start = time.perf_counter()
             for _ in range(args.steps):
-                step(name)
-            rates[name].append(tokens * args.steps / (time.perf_counter() - start))
+                step(key)
+            rates[key].append(tokens * args.steps / (time.perf_counter() - start))
 
-    ref_name = "reference (SDPA, nn.RMSNorm)"
-    ref_work = statistics.median(rates[ref_name]) * params[ref_name]
-    print(f"\n{'model':<30}{'tokens/s':>10}{'spread':>9}{'work/s (tok*param)':>21}"
-          f"{'vs ref':>8}{'paired':>8}{'MFU':>7}")
-    for name, r in rates.items():
+    ref_key = (REF, "fp32") if (REF, "fp32") in rates else (REF, keys[0][1])
+    ref_work = statistics.median(rates[ref_key]) * n_params
+    print(f"\n{'model':<30}{'precision':>11}{'tokens/s':>10}{'spread':>9}"
+          f"{'work/s (tok*param)':>21}{'vs ref':>8}{'paired':>8}{'MFU':>7}")
+    for key, r in rates.items():
         med = statistics.median(r)
-        work = med * params[name]
+        work = med * n_params
         # the ratio within each round (same minutes of machine time), then its median
-        paired = statistics.median(a * params[name] / (b * params[ref_name])
-                                   for a, b in zip(r, rates[ref_name]))
-        print(f"{name:<30}{med:>10,.0f}{max(r) - min(r):>9,.0f}{work:>21.3e}"
+        paired = statistics.median(a / b for a, b in zip(r, rates[ref_key]))
+        peak = peaks[precisions[key[1]]]
+        print(f"{key[0]:<30}{key[1]:>11}{med:>10,.0f}{max(r) - min(r):>9,.0f}{work:>21.3e}"
               f"{work / ref_work:>7.2f}x{paired:>7.2f}x{6 * work / peak:>7.1%}")
     print(f"\n(median of {args.rounds} rounds of {args.steps} steps each, the order rotated every "
-          "round; 'paired' is the median of the per-round ratios; "
-          "MFU = 6 x params x tokens/s / matmul peak)")
+          f"round; 'vs ref' and 'paired' (the median of the per-round ratios) are against "
+          f"{ref_key[0]} in {ref_key[1]}; MFU = 6 x params x tokens/s / matmul peak in the row's "
+          "precision)")
     if not math.isfinite(ref_work):
         raise SystemExit("reference did not run")
 
