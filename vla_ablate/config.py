@@ -69,6 +69,8 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 140
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0  # a resumable last.pt every N minutes of training (0: off)
+    max_minutes: float = 0.0  # time budget for training (0: none); see train.TimeBudget
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
     num_threads: int = 0  # 0: the machine's cores divided among concurrent jobs
     concurrent_jobs: int = 1  # jobs sharing this machine (the joblib launcher sets it)
@@ -155,6 +157,10 @@ def validate(cfg: Any) -> None:
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (t.grad_clip > 0, f"train.grad_clip must be > 0, got {t.grad_clip}"),
+        (t.checkpoint_minutes >= 0,
+         f"train.checkpoint_minutes must be >= 0, got {t.checkpoint_minutes}"),
+        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
+        (cfg.pos.base > 0, f"pos.base must be > 0, got {cfg.pos.base}"),
         (t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"),
         (t.num_threads >= 0, f"train.num_threads must be >= 0, got {t.num_threads}"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),
