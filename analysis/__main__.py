@@ -1,6 +1,7 @@
 """``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--target-loss X]``."""
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -22,9 +23,12 @@ def main(argv=None) -> int:
             print(f"error: no such sweep folder: {folder}", file=sys.stderr)
             return 2
     out = args.out or args.sweep_dirs[0] / "report"
+    existed = out.exists()
     try:
         build_report(args.sweep_dirs, out, args.target_loss)
     except ValueError as err:
+        if not existed:  # write nothing on failure
+            shutil.rmtree(out, ignore_errors=True)
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
