@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 class ConfigError(ValueError):
@@ -123,6 +124,26 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+
+
+def job_dir_name(override_dirname: str, num) -> str:
+    """A sweep job's folder (``hydra.sweep.subdir``): its overrides, e.g. ``pos=rope,seed=1``.
+
+    Slashes (in paths) become ``_`` so a job is one folder; a job without overrides is ``job0``;
+    a name too long for a file system keeps its start and a hash of the rest.
+    """
+    name = str(override_dirname or "").replace("/", "_") or f"job{num}"
+    if len(name.encode()) > 200:
+        import hashlib
+
+        name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+# Registered on import, not in register_configs: launchers resolve hydra.sweep.subdir in their
+# worker processes, which import this module (through the task function) but not __main__.
+if not OmegaConf.has_resolver("vla_job_dir"):
+    OmegaConf.register_new_resolver("vla_job_dir", job_dir_name)
 
 
 def check_batch_fits(batch_size: int, n_train: int) -> None:
