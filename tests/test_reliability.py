@@ -120,7 +120,9 @@ def test_diverging_job_does_not_stop_the_sweep(tmp_path):
                     f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
                    cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "1 job(s) did not complete" in proc.stderr
-    good_dir, bad_dir = (next(sweep.glob(f"*train.lr={lr}*")) for lr in ("3e-3", "1e6"))
+    jobs = {json.loads(p.read_text())["status"]: p.parent for p in sweep.glob("*/summary.json")}
+    good_dir, bad_dir = jobs["completed"], jobs["diverged"]
+    assert "train.lr=1000000.0" in bad_dir.name  # the folder is named by the job's overrides
     good = json.loads((good_dir / "summary.json").read_text())
     bad = json.loads((bad_dir / "summary.json").read_text())
     assert good["status"] == "completed"

@@ -145,7 +145,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
         [r["loss"] for r in expected])
     assert any("val/loss" in r for r in rows)
     images = {k.split("/")[0] for r in rows for k in r if k.endswith("/_type")}
-    assert images == {"loss_curve", "attention_maps"}  # the plots, logged as images
+    assert images == {"loss_curve", "attention_maps", "kv_cache"}  # plots, and speed as a table
     info = run_info(files[0])
     assert set(info.tags) >= {"pos=rope", "mask=none", "cache=on"}
     assert info.display_name == "rope-none-on-s42"  # the run's axes
@@ -198,5 +198,5 @@ def test_joblib_sweep_with_a_failed_job_exits_1(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "1 job(s) did not complete" in proc.stderr
     diverged = [name for name, s in summaries(sweep).items() if s["status"] == "diverged"]
-    assert len(diverged) == 1 and "train.lr=1e6" in diverged[0]
+    assert len(diverged) == 1 and "train.lr=1000000.0" in diverged[0]
     assert str(sweep / diverged[0]) in proc.stderr

@@ -86,6 +86,8 @@ def run_job(cfg) -> dict:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     axes = axes_of(cfg)
+    if cfg.data.path is not None:  # bound to the file, not to a path relative to the cwd
+        cfg.data.path = str(Path(cfg.data.path).resolve())
     try:  # before anything is written: a bad config or another folder's settings
         validate(cfg)
         bind_folder(run_dir, training_config(cfg))
@@ -97,8 +99,6 @@ def run_job(cfg) -> dict:
     logger: Logger = Logger()
     status, summary, message, signum = "failed", {}, None, None
     try:
-        if cfg.data.path is not None:
-            cfg.data.path = str(Path(cfg.data.path).resolve())
         logger = make_logger(cfg, run_dir, hc, axes)
         summary = execute(cfg, run_dir, multirun, logger)
         status = summary["status"]
