@@ -145,6 +145,18 @@ def test_slurm_example_that_asks_for_a_gpu_partition_asks_for_a_gpu():
             assert "gpus_per_node=" in line or "gpus_per_task=" in line, line
 
 
+@pytest.mark.slow
+def test_readme_slurm_example_composes(tmp_path):
+    """Every key of the README's SLURM command exists (run with --cfg: nothing is submitted)."""
+    from conftest import run_cli
+
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    line = next(x for x in readme.splitlines() if "submitit_slurm" in x)
+    args = [a for a in line.split() if "=" in a and a != "+experiment=ablation"]
+    proc = run_cli([*args, "--cfg", "hydra"], cwd=tmp_path)
+    assert "gpus_per_node: 1" in proc.stdout and "partition: gpu" in proc.stdout
+
+
 def test_docs_and_configs_name_nothing_outside_the_repository():
     files = [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "conf").rglob("*.yaml"),
              *(ROOT / "vla_ablate").rglob("*.py")]
