@@ -189,9 +189,13 @@ def test_parallel_joblib_sweep_runs_twins_after_their_models(tmp_path):
     assert {s["cache"] for s in found if s["trained_here"]} == {"on"}
 
 
-def test_joblib_sweep_with_a_failed_job_exits_1(tmp_path):
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local",
+                                       "hydra.launcher.cpus_per_task=1"]])
+def test_parallel_sweep_with_a_failed_job_exits_1(tmp_path, launcher):
+    """The jobs run in other processes: the exit status must still count their failures."""
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE,
+    proc = run_cli(["-m", *launcher, *SMOKE,
                     "train.lr=3e-3,1e6", "train.min_lr=0", "eval.enabled=false",
                     f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
                    cwd=tmp_path, check=False)
