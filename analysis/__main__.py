@@ -2,6 +2,7 @@
 [--format md|mdx] [--student NAME]``."""
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,10 +39,13 @@ def main(argv=None) -> int:
             print(f"error: no such sweep folder: {folder}", file=sys.stderr)
             return 2
     out = args.out or args.sweep_dirs[0] / "report"
+    existed = out.exists()
     try:
         mdx = {"student": args.student, "date": args.date} if args.format == "mdx" else None
         build_report(args.sweep_dirs, out, args.target_loss, mdx=mdx)
     except ValueError as err:
+        if not existed:  # write nothing on failure
+            shutil.rmtree(out, ignore_errors=True)
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -14,17 +14,32 @@ AXES = ["pos", "mask", "cache", "seed"]
 
 
 def job_folders(sweep_dir) -> list[Path]:
-    """Every job folder below ``sweep_dir`` (a folder with a ``.hydra`` subfolder)."""
+    """Every job folder at any depth below ``sweep_dir`` (a folder with a ``.hydra`` subfolder).
+
+    So ``outputs/multirun`` (every sweep, by date and time) works as well as one sweep. Job
+    folders are named by their overrides (``pos=rope,seed=1``; older sweeps: ``0``, ``1``...).
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"no such sweep folder: {sweep_dir}")
     if (sweep_dir / ".hydra").is_dir():
         return [sweep_dir]  # a single run
-    return sorted((p.parent for p in sweep_dir.glob("*/.hydra")), key=_job_order)
+    found = []
+    for root, dirs, _files in os.walk(sweep_dir):
+        if ".hydra" in dirs:
+            found.append(Path(root))
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("models", "wandb",
+                                                                             "checkpoints")]
+    return sorted(found, key=lambda p: _job_order(p.relative_to(sweep_dir)))
 
 
-def _job_order(path: Path):
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+def job_name(sweep_dir, job: Path) -> str:
+    """A job's name in the tables: its folder relative to the sweep folder."""
+    return "." if job == Path(sweep_dir) else job.relative_to(sweep_dir).as_posix()
+
+
+def _job_order(rel: Path):
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in rel.parts)
 
 
 def _read_json(path: Path):
@@ -129,7 +144,8 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             summary = _read_json(job / "summary.json")
             s = summary or {}
             configs.append(_training_config(job, s))
-            row = {"sweep": str(sweep), "job": job.name, "path": str(job), "status": _status(summary),
+            row = {"sweep": str(sweep), "job": job_name(sweep, job), "path": str(job),
+                   "status": _status(summary),
                    **_axes_from_hydra(job), **{k: s[k] for k in AXES if k in s},
                    "overrides": _overrides(job)}
             for key in ("val_loss", "val_perplexity", "train_loss", "best_val_loss", "steps",
@@ -188,8 +204,8 @@ def load_speed(sweep_dirs) -> pd.DataFrame:
             for r in kv.get("speed") or []:
                 if "speedup" not in r:
                     continue  # an unpaired measurement from an older version: not comparable
-                rows.append({"job": job.name, "sweep": str(sweep), "model_key": s.get("model_key"),
-                             "precision": kv.get("precision"),
+                rows.append({"job": job_name(sweep, job), "sweep": str(sweep),
+                             "model_key": s.get("model_key"), "precision": kv.get("precision"),
                              "concurrent_jobs": kv.get("concurrent_jobs"),
                              **{k: s.get(k) for k in AXES}, **r})
     return pd.DataFrame(rows)

@@ -63,17 +63,17 @@ def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
     assert set(summary["mask_audit"]) == set(AUDIT_FIGURES) <= set(audit)  # one name each
     assert (audit[audit["mask"] == "causal"]["leakage"] < 1e-4).all()
     kv = pd.read_csv(out / "kv_cache.csv")
-    assert set(zip(kv["batch_size"], kv["new_tokens"])) == {(1, 4), (1, 12), (4, 4), (4, 12)}
+    assert set(zip(kv["batch_size"], kv["new_tokens"])) == {(1, 4), (1, 8), (2, 4), (2, 8)}
     assert kv["cached_decode_matched"].iloc[0] == "2/2 causal runs"
     assert (kv["models"] == 4).all()  # 8 jobs, 4 trained models
     # the median over models of each model's own paired ratio, from the summaries themselves
     per_model = {}
     for path in sweep.glob("*/summary.json"):
         s = json.loads(path.read_text())
-        row = next(r for r in s["kv_cache"]["speed"] if (r["batch_size"], r["new_tokens"]) == (1, 12))
+        row = next(r for r in s["kv_cache"]["speed"] if (r["batch_size"], r["new_tokens"]) == (1, 8))
         per_model.setdefault(s["model_key"], []).append(row["speedup"])
     expected = float(np.median([np.median(v) for v in per_model.values()]))
-    cell = kv.set_index(["batch_size", "new_tokens"]).loc[(1, 12)]
+    cell = kv.set_index(["batch_size", "new_tokens"]).loc[(1, 8)]
     assert cell["speedup_median"] == pytest.approx(expected)
     assert cell["speedup_ci95_low"] <= cell["speedup_median"] <= cell["speedup_ci95_high"]
     for name in ("positional", "mask_audit", "kv_cache"):
@@ -101,13 +101,14 @@ def test_crashed_and_running_jobs_are_listed(smoke_sweep, tmp_path):
     sweep, _ = smoke_sweep
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("models", "checkpoints"))
-    shutil.copytree(copy / "0" / ".hydra", copy / "8" / ".hydra")  # crashed before a summary
-    shutil.copytree(copy / "1" / ".hydra", copy / "9" / ".hydra")
-    running = json.loads((copy / "1" / "summary.json").read_text())
+    jobs = sorted(p.parent for p in copy.glob("*/.hydra"))
+    shutil.copytree(jobs[0] / ".hydra", copy / "8" / ".hydra")  # crashed before a summary
+    shutil.copytree(jobs[1] / ".hydra", copy / "9" / ".hydra")
+    running = json.loads((jobs[1] / "summary.json").read_text())
     running.update(status="running", pid=os.getpid(), host=os.uname().nodename)
     (copy / "9" / "summary.json").write_text(json.dumps(running))
     dead = dict(running, pid=2**22 + 12345)  # a pid that does not exist: crashed mid-run
-    shutil.copytree(copy / "2" / ".hydra", copy / "10" / ".hydra")
+    shutil.copytree(jobs[2] / ".hydra", copy / "10" / ".hydra")
     (copy / "10" / "summary.json").write_text(json.dumps(dead))
     (copy / "11").mkdir()
     (copy / "11" / ".hydra").mkdir()  # a job with a broken config folder

@@ -53,6 +53,12 @@ def test_defaults_are_the_assignment():
 def test_smoke_preset_is_tiny():
     cfg = compose_cfg(["debug=smoke"])
     assert cfg.train.steps <= 50 and cfg.model.dim <= 32 and cfg.data.num_trajectories <= 100
+    # generation timing dominated a smoke run (35 of 38 s on a busy 2-core host): decode steps
+    # per cache setting, warm-up included, stay few
+    e = cfg.eval
+    decode_steps = sum(b * (min(4, max(e.gen_new_tokens)) + e.gen_repeats * sum(e.gen_new_tokens))
+                       for b in e.gen_batch_sizes)
+    assert decode_steps <= 60, decode_steps
 
 
 def test_ablation_experiment_declares_the_full_sweep():
@@ -62,6 +68,22 @@ def test_ablation_experiment_declares_the_full_sweep():
     assert len(str(params["seed"]).split(",")) == 3
     assert set(params["mask"].split(",")) == {"causal", "none"}
     assert set(params["cache"].split(",")) == {"on", "off"}
+    assert list(params)[0] == "cache"  # outermost: every model's first job comes first
+    assert cfg.hydra.mode.name == "MULTIRUN"  # a sweep without -m
+
+
+def test_sweep_job_folders_are_named_by_their_overrides():
+    from vla_ablate.config import job_dir_name
+
+    cfg = compose_cfg(hydra_config=True)
+    assert "vla_job_dir:${hydra.job.override_dirname}" in OmegaConf.to_container(
+        cfg.hydra.sweep)["subdir"]
+    assert {"data.cache_dir", "experiment"} <= set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert job_dir_name("mask=none,pos=rope,seed=1", 3) == "mask=none,pos=rope,seed=1"
+    assert job_dir_name("", 3) == "job3"
+    assert "/" not in job_dir_name("data.path=/a/b.pkl", 0)
+    long = job_dir_name("x=" + "a" * 400, 0)
+    assert len(long) <= 200 and long != job_dir_name("x=" + "a" * 399 + "b", 0)
 
 
 def test_hydra_settings():
@@ -101,6 +123,9 @@ def test_schema_rejects_at_composition(override, fragment):
     ("data.path=/nonexistent/file.pkl", "data.path does not exist"),
     ("model.max_seq_len=100", "extrapolation"),
     ("train.device=tpu", "train.device"),
+    ("pos.base=-1", "pos.base must be > 0, got -1.0"),
+    ("train.max_minutes=-1", "train.max_minutes must be >= 0"),
+    ("train.checkpoint_minutes=-1", "train.checkpoint_minutes must be >= 0"),
 ])
 def test_value_checks_one_line(override, message):
     cfg = compose_cfg([override])

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import compose_cfg
 from test_model import SMALL, small_model
 
 from analysis import load_runs
 from analysis.report import build_report
 from analysis.tables import censored_median, kv_cache, median_ci, positional, steps_to_reach
+from conftest import compose_cfg
 from vla_ablate import evaluate
 from vla_ablate.data import generate_dataset, save_dataset
 from vla_ablate.model import POSITIONAL_ENCODINGS, DecoderOnlyTransformer
@@ -148,13 +148,14 @@ def test_training_trajectories_vary_with_seed_validation_does_not(tmp_path):
     assert torch.equal(c_train, d_train)
 
 
-def test_a_data_file_is_used_for_every_epoch(tmp_path, capsys):
+def test_a_data_file_is_used_for_every_epoch(tmp_path, caplog):
     data = generate_dataset(40, 12, seed=5)
     save_dataset(data, tmp_path / "mine.npz")
     cfg = data_cfg(tmp_path, f"data.path={tmp_path / 'mine.npz'}", "train.batch_size=8")
-    train_actions, val_actions, fresh = load_data(cfg)
+    with caplog.at_level("INFO", logger="vla_ablate"):
+        train_actions, val_actions, fresh = load_data(cfg)
     assert fresh is None
-    assert "every epoch" in capsys.readouterr().err
+    assert "in every epoch" in caplog.text
     batches = BatchSource(train_actions, 8, seed=0, fresh=fresh)
     rows = {tuple(r.tolist()) for r in data["actions"][:36]}
     for step in range(0, 5 * batches.steps_per_epoch):  # five epochs

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMOKE, run_cli
+from wandb_reader import records, run_info
 
 pytestmark = pytest.mark.slow
 
@@ -118,8 +120,11 @@ def test_diverging_job_does_not_stop_the_sweep(tmp_path):
                     f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
                    cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "1 job(s) did not complete" in proc.stderr
-    good = json.loads((sweep / "0" / "summary.json").read_text())
-    bad = json.loads((sweep / "1" / "summary.json").read_text())
+    jobs = {json.loads(p.read_text())["status"]: p.parent for p in sweep.glob("*/summary.json")}
+    good_dir, bad_dir = jobs["completed"], jobs["diverged"]
+    assert "train.lr=1000000.0" in bad_dir.name  # the folder is named by the job's overrides
+    good = json.loads((good_dir / "summary.json").read_text())
+    bad = json.loads((bad_dir / "summary.json").read_text())
     assert good["status"] == "completed"
     assert bad["status"] == "diverged" and bad["diverged_step"] >= 1
     assert f"diverged at step {bad['diverged_step']}" in proc.stderr
@@ -127,8 +132,8 @@ def test_diverging_job_does_not_stop_the_sweep(tmp_path):
                             text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     status = pd.read_csv(sweep / "report" / "status.csv")
-    assert status["status"].tolist() == ["diverged"] and status["job"].tolist() == [1]
-    assert "job 1 (diverged)" in (sweep / "report" / "report.md").read_text()
+    assert status["status"].tolist() == ["diverged"] and status["job"].tolist() == [bad_dir.name]
+    assert f"job {bad_dir.name} (diverged)" in (sweep / "report" / "report.md").read_text()
 
 
 def test_crafted_pickle_as_data_path_is_refused_and_never_runs(tmp_path):
@@ -154,9 +159,12 @@ def test_course_pickle_trains(tmp_path):
     path = tmp_path / "trajectories.pkl"
     path.write_bytes(pickle.dumps({"trajectories": data["states"].numpy(),
                                    "tokenized": data["actions"].numpy()}))
-    run_cli([*SMOKE, f"data.path={path}", "eval.enabled=false",
-             f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_cli([*SMOKE, f"data.path={path}", "eval.enabled=false", "data.num_trajectories=5000",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    # what was loaded, and that data.num_trajectories/seq_length did not apply
+    assert (f"loaded 96 trajectories of 12 steps from {path} (data.num_trajectories and "
+            "data.seq_length do not apply)") in proc.stderr
 
 
 BAD_INPUTS = [
@@ -171,6 +179,9 @@ BAD_INPUTS = [
     ("data.seq_length=65", "exceeds model.max_seq_len"),
     ("data.num_trajectories=1", "empty train or validation split"),
     ("data.path=/no/such/file.pkl", "data.path does not exist"),
+    ("pos.base=-1", "pos.base must be > 0, got -1.0"),
+    ("cache=true", "cache=true: the cache group takes an option name, not a boolean "
+                   "(available: off, on)"),
 ]
 
 
@@ -235,3 +246,78 @@ socket.socket.connect = connect
               if not line.startswith(("('127.", "('::1'", "('localhost'"))]
     assert remote == []
     assert len(list(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))) == 2
+
+
+def test_bad_sweep_value_stops_every_job_before_work(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *SMOKE, "seed=1,2", "pos.base=-1,10000", "mask=causal,none",
+                    f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr  # one problem, one line, naming the 4 jobs it concerns
+    assert lines[0].startswith("error: pos.base must be > 0, got -1.0 (jobs ")
+    assert "and 1 more" in lines[0]
+    assert not list(sweep.rglob("summary.json")) and not (tmp_path / "ds").exists()
+
+
+def test_two_problems_in_a_sweep_are_two_lines(tmp_path):
+    proc = run_cli(["-m", *SMOKE, "pos=rope,spiral", "model.num_heads=3",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines == [
+        "error: model.dim (32) must be divisible by model.num_heads (3) "
+        "(job debug=smoke,pos=rope,model.num_heads=3)",
+        "error: Could not find 'pos/spiral' (available: alibi, learned, none, rope, sinusoidal) "
+        "(job debug=smoke,pos=spiral,model.num_heads=3)",
+    ]
+
+
+def test_cfg_with_multirun_is_one_line(tmp_path):
+    proc = run_cli(["-m", "seed=1,2", "--cfg", "hydra"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Only one of --run, --multirun, --cfg")
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_is_the_projects_own(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.stdout.startswith("python -m vla_ablate [-m]")
+    assert "action tokens" in proc.stdout and "python -m vla_ablate debug=smoke" in proc.stdout
+    assert "pos: alibi, learned, none, rope, sinusoidal" in proc.stdout
+    assert "Powered by Hydra" not in proc.stdout and "powered by Hydra" not in proc.stdout
+
+
+def test_sigterm_default_folder_prints_the_resume_command_and_wandb_continues(tmp_path):
+    """Default, time-stamped folder: the printed command resumes it, into the same wandb run."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [*LONG, "logger=wandb", f"data.cache_dir={tmp_path / 'ds'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "vla_ablate", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    end = time.time() + 120
+    while not list((tmp_path / "outputs" / "runs").glob("*/*/checkpoints/step_0000020.pt")):
+        assert proc.poll() is None and time.time() < end, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    run_dir = next((tmp_path / "outputs" / "runs").glob("*/*"))
+    hint = [line for line in stderr.splitlines() if "to resume: " in line]
+    assert len(hint) == 1, stderr
+    command = shlex.split(hint[0].split("to resume: ", 1)[1])
+    assert command[:3] == ["python", "-m", "vla_ablate"]
+    assert command[-1] == f"hydra.run.dir={run_dir.resolve()}"
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from checkpoint at step" in resumed.stderr
+    assert len(list((tmp_path / "outputs" / "runs").glob("*/*"))) == 1  # no second folder
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    assert run_info(files[0]).run_id == run_info(files[1]).run_id  # one run, continued
+    exits = [r.exit.exit_code for f in files for r in records(f)
+             if r.WhichOneof("record_type") == "exit"]
+    assert exits == [143, 0]  # SIGTERM recorded as 143, not 130

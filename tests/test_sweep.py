@@ -2,25 +2,30 @@
 
 import json
 import os
+import subprocess
 
 import pytest
 
-from conftest import SMOKE, run_cli
+import vla_ablate
+from conftest import ROOT, SMOKE, run_cli
 from wandb_reader import history, run_info
+from wandb_reader import records as wandb_records
 
 pytestmark = pytest.mark.slow
 
 
 def summaries(sweep):
-    return {int(p.parent.name): json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
 
 
 def test_smoke_sweep_runs_every_combination_and_trains_each_model_once(smoke_sweep):
     sweep, proc = smoke_sweep
     found = summaries(sweep)
-    assert sorted(found) == list(range(8))
+    assert len(found) == 8
     combos = {(s["pos"], s["mask"], s["cache"]) for s in found.values()}
     assert len(combos) == 8
+    for name, s in found.items():  # folders named by the job's overrides
+        assert name == f"cache={s['cache']},debug=smoke,mask={s['mask']},pos={s['pos']}"
     assert all(s["status"] == "completed" for s in found.values())
     # cache only changes inference: 4 trained models, each reused by its twin
     assert sum(s["trained_here"] for s in found.values()) == 4
@@ -33,11 +38,18 @@ def test_smoke_sweep_runs_every_combination_and_trains_each_model_once(smoke_swe
 
 def test_each_job_folder_holds_the_run_format(smoke_sweep):
     sweep, _ = smoke_sweep
-    for job in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or None
+    jobs = sorted(p.parent for p in sweep.glob("*/.hydra"))
+    assert len(jobs) == 8
+    for job in jobs:
         for name in ("summary.json", "metrics.jsonl", "loss_curve.png", "attention_maps.png",
                      ".hydra/config.yaml", ".hydra/overrides.yaml"):
             assert (job / name).exists(), f"{job / name} missing"
         s = json.loads((job / "summary.json").read_text())
+        assert s["vla_ablate_version"] == vla_ablate.__version__ and s["git_commit"] == head
+        log = (job / "vla_ablate.log").read_text()  # the job's messages, not an empty file
+        assert f"done: val loss {s['val_loss']:.4f}" in log and "evaluating" in log
         for key in ("val_loss", "val_perplexity", "train_loss", "wall_time_s", "steps"):
             assert isinstance(s[key], (int, float)), key
         audit = s["mask_audit"]
@@ -48,7 +60,7 @@ def test_each_job_folder_holds_the_run_format(smoke_sweep):
         if s["pos"] == "rope" and s["mask"] == "causal":  # relative positions only
             assert abs(s["position_shift"]["delta_shift_36"]) < 1e-3
         speed = s["kv_cache"]["speed"]
-        assert {r["batch_size"] for r in speed} == {1, 4}
+        assert {r["batch_size"] for r in speed} == {1, 2}
         # every job times both sides on its own model (paired), whatever its cache setting
         assert all(r["cache_on_s"] > 0 and r["cache_off_s"] > 0 and r["speedup"] > 0
                    for r in speed)
@@ -80,20 +92,54 @@ def test_single_run_then_rerun_does_not_train_again(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_loss"] == summary["val_loss"]
 
 
+def test_rerun_with_another_training_config_is_refused_untouched(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "eval.enabled=false", f"hydra.run.dir={run_dir}",
+            f"data.cache_dir={tmp_path / 'ds'}"]
+    run_cli(args, cwd=tmp_path)
+    kept = ["summary.json", "metrics.jsonl", ".hydra/config.yaml", ".hydra/overrides.yaml",
+            "checkpoints/last.pt"]
+    before = {name: (run_dir / name).read_bytes() for name in kept}
+    for change, named in [(["train.steps=60"], "train.steps: 30 -> 60"),
+                          (["model.dim=64", "train.steps=60"], "model.dim: 32 -> 64")]:
+        proc = run_cli([*args, *change], cwd=tmp_path, check=False)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {run_dir} holds a run trained "
+                                                       "with other settings"), proc.stderr
+        assert named in lines[0] and "training model" not in proc.stderr
+        assert {name: (run_dir / name).read_bytes() for name in kept} == before
+    # inference settings may change: the same model is re-evaluated
+    again = run_cli([*args, "cache=off"], cwd=tmp_path)
+    assert "already trained" in again.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["cache"] == "off"
+
+
 def test_default_output_folders(tmp_path):
     run_cli([*SMOKE, "eval.enabled=false", f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
     runs = list((tmp_path / "outputs" / "runs").glob("*/*/summary.json"))
     assert len(runs) == 1
     run_cli(["-m", *SMOKE, "eval.enabled=false", "seed=1,2", f"data.cache_dir={tmp_path / 'ds'}"],
             cwd=tmp_path)
-    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/[0-9]*/summary.json"))
-    assert [p.parent.name for p in jobs] == ["0", "1"]
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/summary.json"))
+    assert [p.parent.name for p in jobs] == ["debug=smoke,eval.enabled=False,seed=1",
+                                             "debug=smoke,eval.enabled=False,seed=2"]
+
+
+def test_ablation_preset_runs_as_a_sweep_without_m(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli(["+experiment=ablation", *SMOKE, "eval.enabled=false", "hydra.sweeper.params.pos=rope",
+             "hydra.sweeper.params.mask=causal", "hydra.sweeper.params.seed=1",
+             f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    found = summaries(sweep)
+    assert sorted(s["cache"] for s in found.values()) == ["off", "on"]
+    assert not (tmp_path / "outputs" / "runs").exists()  # not one default single run
 
 
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     run_dir = tmp_path / "run"
-    run_cli([*SMOKE, "logger=wandb", "mask=none", f"hydra.run.dir={run_dir}",
-             f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    proc = run_cli([*SMOKE, "logger=wandb", "mask=none", f"hydra.run.dir={run_dir}",
+                    f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, "wandb wrote no offline run inside the run folder"
     rows = history(files[0])
@@ -105,10 +151,21 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
         [r["loss"] for r in expected])
     assert any("val/loss" in r for r in rows)
     images = {k.split("/")[0] for r in rows for k in r if k.endswith("/_type")}
-    assert images == {"loss_curve", "attention_maps"}  # the plots, logged as images
+    assert images == {"loss_curve", "attention_maps", "kv_cache"}  # plots, and speed as a table
     info = run_info(files[0])
     assert set(info.tags) >= {"pos=rope", "mask=none", "cache=on"}
+    assert info.display_name == "rope-none-on-s42"  # the run's axes
+    assert info.config.update  # the config went in
+    config = {item.key: json.loads(item.value_json) for item in info.config.update}
+    assert config["git_commit"] == json.loads((run_dir / "summary.json").read_text())["git_commit"]
+    summary_keys = {item.key for r in wandb_records(files[0]) if r.WhichOneof("record_type") == "summary"
+                    for item in r.summary.update}
+    speed = json.loads((run_dir / "summary.json").read_text())["kv_cache"]["speed"]
+    assert len([k for k in summary_keys if k.startswith("kv_cache/speed/")
+                and k.endswith("/tokens_per_s")]) == len(speed)  # one metric per row
     assert not (tmp_path / "wandb").exists()  # nothing written outside the run folder
+    assert not (run_dir / "wandb-home").exists() and (run_dir / "wandb" / "home").is_dir()
+    assert f"wandb sync {run_dir / 'wandb' / 'offline-run-*'}" in proc.stderr
 
 
 def test_parallel_joblib_jobs_share_one_model_through_the_lock(tmp_path):
@@ -116,11 +173,41 @@ def test_parallel_joblib_jobs_share_one_model_through_the_lock(tmp_path):
     proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE,
                     "cache=on,off", "eval.gen_repeats=1", f"hydra.sweep.dir={sweep}",
                     f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
-    found = summaries(sweep)
-    assert sorted(found) == [0, 1]
-    assert all(s["status"] == "completed" for s in found.values())
-    assert sorted(s["trained_here"] for s in found.values()) == [False, True]
+    found = list(summaries(sweep).values())
+    assert len(found) == 2
+    assert all(s["status"] == "completed" for s in found)
+    assert sorted(s["trained_here"] for s in found) == [False, True]
     cores = os.cpu_count() or 1
-    assert all(s["threads"] == max(1, cores // 2) for s in found.values())  # shared by 2 jobs
+    assert all(s["threads"] == max(1, cores // 2) for s in found)  # shared by 2 jobs
     assert proc.stderr.count("training model") == 1
     assert found[0]["val_loss"] == found[1]["val_loss"]
+
+
+def test_parallel_joblib_sweep_runs_twins_after_their_models(tmp_path):
+    """cache given last (the fastest-varying axis) would put each model's twins side by side."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE,
+                    "eval.enabled=false", "pos=rope,sinusoidal", "cache=on,off",
+                    f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    found = list(summaries(sweep).values())
+    assert len(found) == 4 and all(s["status"] == "completed" for s in found)
+    assert proc.stderr.count("training model") == 2
+    assert "waiting for another job" not in proc.stderr  # no twin idled on its model's lock
+    assert {s["cache"] for s in found if s["trained_here"]} == {"on"}
+
+
+@pytest.mark.parametrize("launcher", [["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                                      ["hydra/launcher=submitit_local",
+                                       "hydra.launcher.cpus_per_task=1"]])
+def test_parallel_sweep_with_a_failed_job_exits_1(tmp_path, launcher):
+    """The jobs run in other processes: the exit status must still count their failures."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *launcher, *SMOKE,
+                    "train.lr=3e-3,1e6", "train.min_lr=0", "eval.enabled=false",
+                    f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "1 job(s) did not complete" in proc.stderr
+    diverged = [name for name, s in summaries(sweep).items() if s["status"] == "diverged"]
+    assert len(diverged) == 1 and "train.lr=1000000.0" in diverged[0]
+    assert str(sweep / diverged[0]) in proc.stderr

@@ -133,3 +133,83 @@ def test_resume_with_another_optimizer_is_refused_clearly(tmp_path, actions):
     (tmp_path / "checkpoints" / "last.pt").unlink()  # resume from the step-16 checkpoint
     with pytest.raises(ValueError, match="another optimizer than train.optimizer=muon"):
         fresh_run(tmp_path, actions, tcfg(optimizer="muon"))
+
+
+class FakeClock:
+    """Stands in for train._clock: each reading is one second after the previous one."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_checkpoint_minutes_saves_resumable_state_between_step_checkpoints(tmp_path, actions,
+                                                                           monkeypatch):
+    import vla_ablate.train as train_module
+
+    cfg = tcfg(steps=24, checkpoint_every=1000, checkpoint_minutes=2 / 60)  # 2 fake seconds
+    monkeypatch.setattr(train_module, "_clock", FakeClock())
+    ref_model, _ = fresh_run(tmp_path / "ref", actions, cfg)
+    assert not list((tmp_path / "ref" / "checkpoints").glob("step_*.pt"))
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_20(record):
+        if record["step"] == 20:
+            raise Killed  # like kill -9: nothing after this point is saved
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(**ARGS)
+    with pytest.raises(Killed):
+        train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], cfg, tmp_path / "part",
+              torch.device("cpu"), 0, on_record=kill_at_step_20, log=lambda m: None)
+    saved = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=True)
+    assert 0 < saved["step"] < 20 and saved["step"] % cfg.log_every == 0
+    assert "optimizer" in saved  # resumable, unlike best.pt
+    messages = []
+    model = DecoderOnlyTransformer(**ARGS)
+    result = train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], cfg,
+                   tmp_path / "part", torch.device("cpu"), 0, log=messages.append)
+    assert result.resumed_from == saved["step"]
+    for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch):
+    import vla_ablate.train as train_module
+
+    # every step reads the fake clock a fixed number of times: the budget fits ~20 of 100 steps
+    monkeypatch.setattr(train_module, "_clock", FakeClock())
+    cfg = tcfg(steps=100, warmup_steps=4, max_minutes=1.0, checkpoint_minutes=0, lr=1e-2,
+               min_lr=1e-4)
+    messages = []
+    torch.manual_seed(0)
+    result = train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0),
+                   actions[64:], cfg, tmp_path, torch.device("cpu"), 0, log=messages.append)
+    assert result.status == "completed" and result.stopped_by == "train.max_minutes"
+    assert cfg.warmup_steps < result.steps < cfg.steps
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert last["step"] == last["horizon"] == result.steps
+    lrs = [r["lr"] for r in MetricsFile(tmp_path).read() if r["split"] == "train"]
+    assert lrs[-1] == pytest.approx(lr_at(result.steps - 1, cfg, result.steps))
+    assert lrs[-1] < 0.05 * cfg.lr  # the cosine ran its course, not cut off at a high rate
+    assert any(f"decays to train.min_lr at step {result.steps}" in m for m in messages)
+    # the evaluation at the end still happens
+    final = MetricsFile(tmp_path).read()[-1]
+    assert final["split"] == "val" and final["step"] == result.steps
+
+
+def test_time_budget_shorter_than_warmup_finishes_warmup_and_decays(tmp_path, actions,
+                                                                    monkeypatch):
+    import vla_ablate.train as train_module
+
+    monkeypatch.setattr(train_module, "_clock", FakeClock())
+    cfg = tcfg(steps=100, warmup_steps=10, max_minutes=0.01, checkpoint_minutes=0)
+    messages = []
+    result = train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0),
+                   actions[64:], cfg, tmp_path, torch.device("cpu"), 0, log=messages.append)
+    assert result.steps == 20  # warmup, then as many steps to decay
+    assert any("is spent before the warmup" in m for m in messages)

@@ -1,12 +1,15 @@
 """``python -m vla_ablate [overrides]`` and ``python -m vla_ablate -m ...`` (sweeps)."""
 
+import json
+import os
 import sys
 
 import hydra
 
 from vla_ablate.cli import hydra_errors_on_one_line, job_started
 from vla_ablate.config import register_configs
-from vla_ablate.run import FAILED_JOBS, run_job
+from vla_ablate.run import ARGV_ENV, run_job
+from vla_ablate.sweep import FAILED
 
 register_configs()
 
@@ -18,9 +21,11 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    os.environ[ARGV_ENV] = json.dumps(sys.argv[1:])  # for the resume hint, also in workers
     with hydra_errors_on_one_line():
         main()
-    if FAILED_JOBS:
-        print(f"{len(FAILED_JOBS)} job(s) did not complete; see their summary.json",
-              file=sys.stderr)
+    if FAILED:  # a sweep's jobs, whichever launcher ran them
+        print(f"{len(FAILED)} job(s) did not complete; see their summary.json:", file=sys.stderr)
+        for folder in FAILED:
+            print(f"  {folder}", file=sys.stderr)
         sys.exit(1)

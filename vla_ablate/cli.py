@@ -9,9 +9,14 @@ condensed to one ``error: ...`` line. Once a job starts the gate opens and passe
 from __future__ import annotations
 
 import io
+import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 _NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "Config search path",
           "provider=", "reference_type=", "object_type=", "To append to your config")
@@ -53,8 +58,28 @@ def job_started() -> None:
         _gate.release()
 
 
-def one_line(report: str) -> str:
-    """Hydra's multi-line error report as one line."""
+def report(lines) -> None:
+    """Print problems found before any job started, one line each, past the gate."""
+    job_started()
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """A job's log records on stderr: ``[vla_ablate] message``, errors as ``error: message``."""
+
+    def format(self, record):
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and record.name.startswith("vla_ablate"):
+            return f"error: {message}"
+        return f"[{record.name.split('.')[0]}] {message}"
+
+
+def one_line(report: str, argv=None) -> str:
+    """Hydra's multi-line error report (or a traceback it printed) as one line."""
+    if "Traceback (most recent call last)" in report:
+        last = [line.strip() for line in report.splitlines() if line.strip()][-1]
+        return f"error: {_explain(last, sys.argv[1:] if argv is None else argv)}"
     parts, options = [], []
     collecting = False
     for raw in report.splitlines():
@@ -76,6 +101,25 @@ def one_line(report: str) -> str:
     return f"error: {text}"
 
 
+def _explain(message: str, argv) -> str:
+    """A known Hydra exception in the user's words (naming the override), else its message."""
+    message = re.sub(r"^[\w.]+(Error|Exception): ", "", message)
+    if "Config group override must be a string" in message:
+        for arg in argv:
+            group, _, value = arg.lstrip("+~").partition("=")
+            if (CONF / group).is_dir() and value.lower() in ("true", "false"):
+                options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+                return (f"{arg}: the {group} group takes an option name, not a boolean "
+                        f"(available: {', '.join(options)})")
+    return message
+
+
+_USAGE_HINTS = {
+    "Only one of --run, --multirun, --cfg": " (--cfg shows one job's config: drop -m and give "
+    "one value per key, e.g. `python -m vla_ablate seed=1 --cfg job`)",
+}
+
+
 @contextmanager
 def hydra_errors_on_one_line():
     global _gate
@@ -91,6 +135,13 @@ def hydra_errors_on_one_line():
         if not _gate.open and exit_.code not in (0, None):
             _gate.held = [one_line("".join(_gate.held)) + "\n"]
         raise
+    except Exception as err:  # a usage error Hydra raises instead of reporting (-m with --cfg)
+        if _gate.open or isinstance(err, BrokenPipeError):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        hint = next((h for k, h in _USAGE_HINTS.items() if message.startswith(k)), "")
+        _gate.held = [f"error: {message}{hint}\n"]
+        raise SystemExit(1) from None
     finally:
         _gate.release()
         sys.stderr = real

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,8 @@ class TrainConfig:
     subset_eval_every: int = 20  # 0: off; loss on a fixed validation slice (steps-to-target)
     subset_eval_size: int = 256
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0  # a resumable last.pt every N minutes of training (0: off)
+    max_minutes: float = 0.0  # time budget for training (0: none); see train.TimeBudget
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
     num_threads: int = 0  # 0: the machine's cores divided among concurrent jobs
     concurrent_jobs: int = 1  # jobs sharing this machine (the joblib launcher sets it)
@@ -131,6 +134,26 @@ def register_configs() -> None:
     cs.store(name="schema", node=Config)
 
 
+def job_dir_name(override_dirname: str, num) -> str:
+    """A sweep job's folder (``hydra.sweep.subdir``): its overrides, e.g. ``pos=rope,seed=1``.
+
+    Slashes (in paths) become ``_`` so a job is one folder; a job without overrides is ``job0``;
+    a name too long for a file system keeps its start and a hash of the rest.
+    """
+    name = str(override_dirname or "").replace("/", "_") or f"job{num}"
+    if len(name.encode()) > 200:
+        import hashlib
+
+        name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
+
+
+# Registered on import, not in register_configs: launchers resolve hydra.sweep.subdir in their
+# worker processes, which import this module (through the task function) but not __main__.
+if not OmegaConf.has_resolver("vla_job_dir"):
+    OmegaConf.register_new_resolver("vla_job_dir", job_dir_name)
+
+
 def check_batch_fits(batch_size: int, n_train: int) -> None:
     if batch_size > n_train:
         raise ConfigError(
@@ -167,6 +190,10 @@ def validate(cfg: Any) -> None:
         (t.subset_eval_every >= 0,
          f"train.subset_eval_every must be >= 0, got {t.subset_eval_every}"),
         (t.subset_eval_size > 0, f"train.subset_eval_size must be > 0, got {t.subset_eval_size}"),
+        (t.checkpoint_minutes >= 0,
+         f"train.checkpoint_minutes must be >= 0, got {t.checkpoint_minutes}"),
+        (t.max_minutes >= 0, f"train.max_minutes must be >= 0, got {t.max_minutes}"),
+        (cfg.pos.base > 0, f"pos.base must be > 0, got {cfg.pos.base}"),
         (t.keep_checkpoints >= 0, f"train.keep_checkpoints must be >= 0, got {t.keep_checkpoints}"),
         (t.num_threads >= 0, f"train.num_threads must be >= 0, got {t.num_threads}"),
         (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import uuid
 from pathlib import Path
 
 CSV_FIELDS = ["step", "split", "loss", "perplexity", "lr", "tokens_per_s", "elapsed_s"]
@@ -55,21 +56,36 @@ def offline_wandb_env(folder, mode="offline") -> None:
         os.environ.setdefault("WANDB_DISABLE_GIT", "true")
     os.environ["WANDB_SILENT"] = "true"
     os.environ["WANDB_DIR"] = str(folder)
-    # not a folder named `.wandb`: wandb would take it for its run directory
+    # wandb's cache and settings (normally in ~/.cache/wandb and ~/.config/wandb) beside the
+    # runs it writes in <folder>/wandb/, so a job writes nothing outside its folder; not a
+    # folder named `.wandb`: wandb would take it for its run directory
     for var, sub in [("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")]:
-        os.environ[var] = str(folder / "wandb-home" / sub)
+        os.environ[var] = str(folder / "wandb" / "home" / sub)
+
+
+def stable_run_id(run_dir) -> str:
+    """The wandb run id of a run folder: made once, kept in ``wandb/run_id``, reused on resume."""
+    path = Path(run_dir) / "wandb" / "run_id"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:16]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 class WandbLogger(Logger):
-    def __init__(self, run_dir, wcfg, config: dict, group: str, tags: list[str], name: str):
+    def __init__(self, run_dir, wcfg, config: dict, group: str, tags: list[str], name: str,
+                 log=print):
         offline_wandb_env(run_dir, wcfg.mode)
         import wandb
 
-        self._wandb = wandb
+        self._wandb, self.run_dir, self.mode, self.log = wandb, Path(run_dir), wcfg.mode, log
         self.run = wandb.init(
             project=wcfg.project, entity=wcfg.entity, group=wcfg.group or group,
             tags=[*tags, *wcfg.tags], name=name, config=config, dir=str(run_dir),
             mode=wcfg.mode, reinit="finish_previous",
+            id=stable_run_id(run_dir), resume="allow",  # a resumed job continues its run
         )
 
     def log_metrics(self, record):
@@ -86,17 +102,62 @@ class WandbLogger(Logger):
     def log_summary(self, summary):
         for key, value in _flatten(summary).items():
             self.run.summary[key] = value
+        tables = {name: self._wandb.Table(columns=columns, data=data)
+                  for name, (columns, data) in _row_tables(summary).items()}
+        if tables:
+            self.run.log(tables)
 
     def finish(self, exit_code=0):
         self.run.finish(exit_code=exit_code)
+        if self.mode == "offline":
+            self.log(f"wandb run saved offline in {self.run_dir / 'wandb'}; to upload it: "
+                     f"wandb sync {self.run_dir / 'wandb' / 'offline-run-*'}")
 
 
 def _flatten(d, prefix=""):
+    """Nested dicts as ``a/b/c`` keys; lists of dict rows (``kv_cache.speed``) as one metric
+    per row and field, the row named by the fields that tell the rows apart, e.g.
+    ``kv_cache/speed/batch_size=1,new_tokens=50/tokens_per_s``."""
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out.update(_flatten(value, f"{name}/"))
+        elif _is_rows(value):
+            labels = _row_labels(value)
+            for label, row in zip(labels, value):
+                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]},
+                                    f"{name}/{label}/"))
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[name] = value
+    return out
+
+
+def _is_rows(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(r, dict) for r in value)
+
+
+def _row_labels(rows: list[dict]) -> dict:
+    """``label -> the keys in it`` for each row: the non-float fields whose values differ
+    between rows (all of them if none differ), as ``key=value`` joined by commas."""
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], float)
+            and isinstance(rows[0][k], (int, str, bool))]
+    varying = [k for k in keys if len({repr(r.get(k)) for r in rows}) > 1] or keys
+    labels = {}
+    for i, row in enumerate(rows):
+        label = ",".join(f"{k}={row.get(k)}" for k in varying) or str(i)
+        labels[label if label not in labels else f"{label},row={i}"] = set(varying)
+    return labels
+
+
+def _row_tables(d, prefix="") -> dict:
+    """Every list of dict rows in ``d`` as ``name -> (columns, data)`` for a wandb.Table."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_row_tables(value, f"{name}/"))
+        elif _is_rows(value):
+            columns = list(dict.fromkeys(k for row in value for k in row))
+            out[name] = (columns, [[row.get(c) for c in columns] for row in value])
     return out

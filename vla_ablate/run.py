@@ -7,12 +7,16 @@ bad job never stops the other jobs of a sweep.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import shlex
 import shutil
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -37,23 +41,39 @@ from vla_ablate.data import (
 from vla_ablate.loggers import CsvLogger, Logger, WandbLogger
 from vla_ablate.model import build_model, model_args_from_config
 from vla_ablate.precision import resolve_precision
-from vla_ablate.runfolder import MetricsFile, running_summary, write_summary
+from vla_ablate.runfolder import (
+    MetricsFile,
+    bind_folder,
+    code_version,
+    restore_hydra_files,
+    running_summary,
+    write_summary,
+)
 from vla_ablate.train import BatchSource, TrainingInterrupted, load_checkpoint, train
 
 EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": 2, "diverged": 3, "interrupted": 130}
 # (an interrupted job exits with 128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM)
-FAILED_JOBS: list[str] = []  # jobs of this process that did not complete (for the exit code)
+LAUNCH_ENV = "VLA_ABLATE_LAUNCH"  # one id per `python -m vla_ablate -m` (vla_ablate/sweep.py)
+ARGV_ENV = "VLA_ABLATE_ARGV"  # the command line, for the resume hint in worker processes
 
 # Keys that change how a model is trained; everything else (cache, logger, eval) is inference
 # or bookkeeping, so jobs differing only there share one trained model.
 _TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "train")
 _NOT_TRAINING = {"data": ("cache_dir",), "model": (),
                  "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
-                           "compile")}
+                           "compile", "checkpoint_minutes")}
+
+_log = logging.getLogger("vla_ablate")
 
 
 def log(message: str) -> None:
-    print(f"[vla_ablate] {message}", file=sys.stderr, flush=True)
+    """A progress message: on stderr as ``[vla_ablate] ...`` and in the job's vla_ablate.log."""
+    _log.info(message)
+
+
+def error(message: str) -> None:
+    """A one-line error: on stderr as ``error: ...`` and in the job's vla_ablate.log."""
+    _log.error(message)
 
 
 def axes_of(cfg) -> dict:
@@ -67,38 +87,43 @@ def run_job(cfg) -> dict:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     axes = axes_of(cfg)
-    write_summary(run_dir, running_summary(axes))
+    if cfg.data.path is not None:  # bound to the file, not to a path relative to the cwd
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+    try:  # before anything is written: a bad config or another folder's settings
+        validate(cfg)
+        bind_folder(run_dir, training_config(cfg))
+    except ConfigError as err:
+        return refuse(run_dir, axes, err, multirun)
+    stamp = {"launch_id": os.environ.get(LAUNCH_ENV), **code_version()}
+    write_summary(run_dir, {**running_summary(axes), **stamp})
     t0 = time.time()
     logger: Logger = Logger()
-    status, summary, error, signum = "failed", {}, None, None
+    status, summary, message, signum = "failed", {}, None, None
     try:
-        validate(cfg)
-        if cfg.data.path is not None:
-            cfg.data.path = str(Path(cfg.data.path).resolve())
         logger = make_logger(cfg, run_dir, hc, axes)
         summary = execute(cfg, run_dir, multirun, logger)
         status = summary["status"]
     except ConfigError as err:
-        status, error = "bad_config", str(err)
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        status, message = "bad_config", str(err)
+        error(str(err))
     except TrainingInterrupted as err:
-        status, error, signum = "interrupted", str(err), err.signum
-        log(f"{err}; run the same command again to resume")
+        status, message, signum = "interrupted", str(err), err.signum
+        log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
-        status, error, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
-        log("interrupted; run the same command again to resume")
+        status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
+        log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
     except Exception as err:  # noqa: BLE001 - recorded as the job's status
-        error = f"{type(err).__name__}: {err}".splitlines()[0]
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
         (run_dir / "error.log").write_text(traceback.format_exc())
-        print(f"error: {error} (traceback in {run_dir / 'error.log'})", file=sys.stderr, flush=True)
+        error(f"{message} (traceback in {run_dir / 'error.log'})")
     finally:
-        code = EXIT_CODES.get(status, 1)
+        code = 128 + signum if status == "interrupted" else EXIT_CODES.get(status, 1)
+        summary = {**summary, **stamp}
         if status != "completed":
             summary = {**summary, "status": "failed" if status == "bad_config" else status,
-                       **axes, "axes": axes, "error": error or summary.get("error"),
+                       **axes, "axes": axes, "error": message or summary.get("error"),
                        "wall_time_s": time.time() - t0}
-            write_summary(run_dir, summary)
-            FAILED_JOBS.append(str(run_dir))
+        write_summary(run_dir, summary)
         logger.log_summary(summary)
         logger.finish(exit_code=code)
     if status == "interrupted":
@@ -108,6 +133,33 @@ def run_job(cfg) -> dict:
     return summary
 
 
+def refuse(run_dir: Path, axes: dict, err: ConfigError, multirun: bool) -> dict:
+    """A job that cannot run in this folder: one line, exit 2, the folder's results untouched.
+
+    Hydra rewrote ``.hydra/`` before the job started; a folder bound to another training
+    config gets its own files back.
+    """
+    error(str(err))
+    summary = {"status": "failed", **axes, "axes": axes, "error": str(err),
+               "launch_id": os.environ.get(LAUNCH_ENV)}
+    if not restore_hydra_files(run_dir) and not (run_dir / "summary.json").exists():
+        write_summary(run_dir, summary)  # a new folder: let the analysis list the failure
+    if not multirun:
+        sys.exit(EXIT_CODES["bad_config"])
+    return summary
+
+
+def resume_command(hc, run_dir: Path, multirun: bool) -> str:
+    """The exact command that resumes this run or sweep (also with time-stamped folders)."""
+    argv = json.loads(os.environ.get(ARGV_ENV, "null") or "null")
+    if argv is None:  # not started by `python -m vla_ablate` (tests, the compose API)
+        argv = (["-m"] if multirun else []) + list(hc.overrides.task)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = Path(hc.sweep.dir if multirun else run_dir).resolve()
+    kept = [a for a in argv if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
+    return shlex.join(["python", "-m", "vla_ablate", *kept, f"{key}={folder}"])
+
+
 def make_logger(cfg, run_dir, hc, axes) -> Logger:
     name = cfg.logger.name
     if name == "csv":
@@ -115,9 +167,15 @@ def make_logger(cfg, run_dir, hc, axes) -> Logger:
     if name == "wandb":
         group = "single" if hc.mode != RunMode.MULTIRUN else _sweep_id(hc)
         tags = [f"{k}={v}" for k, v in axes.items()]
-        return WandbLogger(run_dir, cfg.logger.wandb, OmegaConf.to_container(cfg, resolve=True),
-                           group, tags, name=f"{_sweep_id(hc)}-{run_dir.name}")
+        config = {**OmegaConf.to_container(cfg, resolve=True), **code_version()}
+        return WandbLogger(run_dir, cfg.logger.wandb, config, group, tags, name=run_name(axes),
+                           log=log)
     return Logger()
+
+
+def run_name(axes: dict) -> str:
+    """A run's name from its axes, e.g. ``rope-causal-on-s1``."""
+    return f"{axes['pos']}-{axes['mask']}-{axes['cache']}-s{axes['seed']}"
 
 
 def _sweep_id(hc) -> str:
@@ -260,6 +318,8 @@ def load_data(cfg):
         n, length = data["actions"].shape
         if length < 2 or length > cfg.model.max_seq_len:
             raise ConfigError(f"{d.path} holds sequences of {length} tokens; need 2..model.max_seq_len")
+        log(f"loaded {n} trajectories of {length} steps from {d.path} "
+            "(data.num_trajectories and data.seq_length do not apply)")
     else:
         cache_dir = d.cache_dir or Path(HydraConfig.get().runtime.cwd) / "outputs" / "datasets"
         data = load_or_generate(cache_dir, d.num_trajectories, d.seq_length, d.seed, log=log)
@@ -286,7 +346,7 @@ def load_data(cfg):
 
 
 def training_config(cfg) -> dict:
-    """Everything that changes how a model is trained (``seed`` included), as plain values."""
+    """Everything that determines a trained model; a run folder is bound to it."""
     parts = {}
     for key in _TRAINING_KEYS:
         value = OmegaConf.to_container(cfg[key], resolve=True) if key != "seed" else cfg.seed
@@ -304,7 +364,13 @@ def model_key(cfg) -> str:
 
 @contextmanager
 def model_lock(folder: Path):
-    """An exclusive file lock, so parallel jobs never train the same model twice."""
+    """An exclusive file lock, so parallel jobs never train the same model twice.
+
+    ``flock`` works on local disks and on NFS (Linux maps it to NFS byte-range locks). Where the
+    file system refuses it (Lustre mounted without ``-o flock``, some FUSE and SMB mounts:
+    ENOSYS, ENOTSUP, ENOLCK...), a lock folder created with ``mkdir`` (atomic there too) stands
+    in, with a warning; one left by a job that died on this host is removed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as fh:
         try:
@@ -312,10 +378,58 @@ def model_lock(folder: Path):
         except BlockingIOError:
             log(f"waiting for another job that is training the model in {folder}")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as err:
+            if err.errno not in _NO_FLOCK:
+                raise
+            log(f"warning: file locks are not supported in {folder} ({os.strerror(err.errno)}); "
+                "using a lock folder instead")
+            with _lock_folder(folder / ".lock.d"):
+                yield
+            return
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_NO_FLOCK = {errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
+
+
+@contextmanager
+def _lock_folder(path: Path, poll_s: float = 1.0):
+    owner = f"{socket.gethostname()} {os.getpid()}"
+    waiting = False
+    while True:
+        try:
+            path.mkdir()
+            (path / "owner").write_text(owner)
+            break
+        except FileExistsError:
+            if _stale(path):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if not waiting:
+                log(f"waiting for another job that is training the model in {path.parent}")
+                waiting = True
+            time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _stale(path: Path) -> bool:
+    """A lock folder whose owner was a process on this host that no longer exists."""
+    try:
+        host, pid = (path / "owner").read_text().split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def thread_count(cfg) -> int:

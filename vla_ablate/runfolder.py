@@ -13,24 +13,31 @@ A job folder holds:
   float32 array ``layer_<i>`` of (H, T, T) per layer (rows: query step, columns: key step) and
   ``tokens`` (T,), the validation trajectory they were computed on. The analysis draws its
   causal-vs-no-mask figure from these.
+- ``training_config.json``: the training config the folder is bound to (see ``bind_folder``).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
+import vla_ablate
+from vla_ablate.config import ConfigError
 from vla_ablate.fileio import atomic_write, json_line, write_json
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 ATTENTION_MAPS = "attention_maps.npz"
+BINDING = "training_config.json"
+_HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 
 
 class MetricsFile:
@@ -80,3 +87,73 @@ def write_attention_maps(folder, maps, tokens) -> Path:
     path = Path(folder) / ATTENTION_MAPS
     atomic_write(path, buf.getvalue())
     return path
+def bind_folder(folder, training: dict) -> None:
+    """Bind ``folder`` to the training config that made it, or refuse another one.
+
+    The first job in a folder records ``training`` (and a copy of Hydra's ``.hydra/`` files);
+    a later job whose training config differs raises ``ConfigError`` naming the keys, so a
+    finished model is never relabelled with settings it was not trained with.
+    """
+    folder = Path(folder)
+    bind_check(folder, training)
+    hydra_files = {}
+    for name in _HYDRA_FILES:
+        file = folder / ".hydra" / name
+        if file.exists():
+            hydra_files[name] = file.read_text()
+    write_json(folder / BINDING, {"training": training, "hydra_files": hydra_files})
+
+
+def bind_check(folder, training: dict) -> None:
+    """Raise ``ConfigError`` if ``folder`` is bound to another training config."""
+    path = Path(folder) / BINDING
+    if path.exists():
+        bound = json.loads(path.read_text())
+        diff = differences(bound["training"], training)
+        if diff:
+            shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+            raise ConfigError(
+                f"{folder} holds a run trained with other settings ({shown}); repeat its "
+                "settings to resume or re-evaluate it, or give a new folder (hydra.run.dir=... "
+                "or hydra.sweep.dir=...)"
+            )
+
+
+def restore_hydra_files(folder) -> bool:
+    """Put back the ``.hydra/`` files of the run a folder is bound to (Hydra rewrote them)."""
+    path = Path(folder) / BINDING
+    if not path.exists():
+        return False
+    for name, text in json.loads(path.read_text()).get("hydra_files", {}).items():
+        atomic_write(Path(folder) / ".hydra" / name, text.encode())
+    return True
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} -> {b}")
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The package version and, in a git checkout, the commit (and whether it has edits)."""
+    out = {"vla_ablate_version": vla_ablate.__version__, "git_commit": None, "git_dirty": None}
+    root = Path(vla_ablate.__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        try:
+            git = ["git", "-C", str(root)]
+            out["git_commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True,
+                                               text=True, timeout=10, check=True).stdout.strip()
+            status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10, check=True)
+            out["git_dirty"] = bool(status.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return out

@@ -48,6 +48,7 @@ class TrainResult:
     diverged_step: int | None = None
     resumed_from: int | None = None
     tokens_per_s: float | None = None
+    stopped_by: str | None = None  # "train.max_minutes" when the time budget ended training
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -78,11 +79,15 @@ class BatchSource:
         return self._epoch_actions[self._perm[i * self.batch_size : (i + 1) * self.batch_size]]
 
 
-def lr_at(step: int, tcfg) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``."""
+def lr_at(step: int, tcfg, steps: int | None = None) -> float:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``.
+
+    The cosine reaches ``min_lr`` at ``steps`` (default ``tcfg.steps``; a time budget sets a
+    shorter horizon, see ``TimeBudget``).
+    """
     if step < tcfg.warmup_steps:
         return tcfg.lr * (step + 1) / tcfg.warmup_steps
-    span = max(1, tcfg.steps - tcfg.warmup_steps)
+    span = max(1, (steps or tcfg.steps) - tcfg.warmup_steps)
     progress = min(1.0, (step - tcfg.warmup_steps) / span)
     return tcfg.min_lr + 0.5 * (tcfg.lr - tcfg.min_lr) * (1 + math.cos(math.pi * progress))
 
@@ -197,6 +202,82 @@ def load_model_from_checkpoint(path, **overrides):
     return model
 
 
+# ------------------------------------------------------------------------------ time
+
+_clock = time.monotonic  # the tests replace it to make time-based decisions predictable
+
+
+class TimedCheckpoints:
+    """``train.checkpoint_minutes``: a resumable last.pt every N minutes of training (0: never).
+
+    Saved at the first step after the interval that is a multiple of ``log_every``, so a run
+    resumed from it logs the same training-loss windows as one that never stopped.
+    """
+
+    def __init__(self, minutes: float):
+        self.every, self.since = minutes * 60, _clock()
+
+    def due(self, step: int, log_every: int) -> bool:
+        return self.every > 0 and step % log_every == 0 and _clock() - self.since >= self.every
+
+    def saved(self) -> None:
+        self.since = _clock()
+
+
+class TimeBudget:
+    """``train.max_minutes``: training ends cleanly when its time budget is spent (0: no budget).
+
+    The schedule is not cut off: when warmup ends, the average time per step so far fixes the
+    *horizon*, the number of steps that fit in 90% of the budget (at most ``train.steps``); the
+    cosine then decays to ``min_lr`` at the horizon and training ends there. The horizon is saved
+    in every checkpoint, so a resumed run keeps the schedule. If steps slow down and the budget
+    is spent before the horizon, training stops at that step anyway (never before warmup ends).
+    A budget that the warmup alone overruns gets a warning, and training continues for as many
+    steps as the warmup took, to decay the learning rate, before it ends.
+    """
+
+    MARGIN = 0.9
+
+    def __init__(self, tcfg, elapsed_before: float, horizon: int | None, log=print):
+        self.tcfg, self.seconds, self.log = tcfg, tcfg.max_minutes * 60, log
+        self.t0 = _clock() - elapsed_before
+        self.horizon = horizon if self.seconds > 0 else None
+        self.hard = True
+        self.stopped_by = None
+
+    @property
+    def end(self) -> int:
+        """The step at which training ends (``train.steps`` until a horizon is fixed)."""
+        return self.horizon or self.tcfg.steps
+
+    def is_last(self, step: int) -> bool:
+        """Called after each step (``step`` steps done): does training end here?"""
+        if self.seconds <= 0 or step >= self.end:
+            return step >= self.end
+        warmup = max(1, self.tcfg.warmup_steps)
+        elapsed = _clock() - self.t0
+        if self.horizon is None and step >= warmup:
+            fit = int(self.seconds * self.MARGIN / (elapsed / step))
+            self.horizon = min(self.tcfg.steps, max(fit, step + 1))
+            if fit <= step:
+                self.horizon = min(self.tcfg.steps, 2 * step)
+                self.hard = False
+                self.log(f"warning: train.max_minutes={self.tcfg.max_minutes:g} is spent before "
+                         f"the warmup's {self.tcfg.warmup_steps} steps end; training continues "
+                         f"to step {self.horizon} to decay the learning rate")
+            else:
+                self.log(f"time budget of {self.tcfg.max_minutes:g} min: the learning rate "
+                         f"decays to train.min_lr at step {self.horizon} of {self.tcfg.steps}")
+            self.stopped_by = "train.max_minutes" if self.horizon < self.tcfg.steps else None
+            return step >= self.end
+        if self.hard and step >= warmup and elapsed >= self.seconds:
+            self.log(f"time budget of {self.tcfg.max_minutes:g} min spent at step {step}; "
+                     "ending training")
+            self.stopped_by = "train.max_minutes"
+            return True
+        return False
+
+
 # ------------------------------------------------------------------------------ signals
 
 
@@ -241,6 +322,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     step_fn = compiled(model, tcfg.compile, log)
     torch.manual_seed(seed)
     start, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
+    horizon = None
 
     state = ckpts.latest_valid()
     if state is not None:
@@ -258,7 +340,8 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             scaler.load_state_dict(state["scaler"])
         start, best_val = state["step"], state["best_val_loss"]
         elapsed_before, resumed_from = state["elapsed_s"], state["step"]
-        log(f"resuming from checkpoint at step {start} of {tcfg.steps}")
+        horizon = state.get("horizon")
+        log(f"resuming from checkpoint at step {start} of {horizon or tcfg.steps}")
     records = metrics.truncate(start)
     if on_record:
         for rec in records:
@@ -275,6 +358,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "best_val_loss": best_val, "rng_torch": torch.get_rng_state(), "elapsed_s": elapsed,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "horizon": budget.horizon,
         }
 
     tokens_per_step = tcfg.batch_size * (batches.actions.shape[1] - 1)
@@ -282,13 +366,16 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     t0 = time.perf_counter()
     window_t0 = t0
     progress = _progress_bar(start, tcfg) if tcfg.progress else None
+    budget = TimeBudget(tcfg, elapsed_before, horizon, log=log)
+    timed = TimedCheckpoints(tcfg.checkpoint_minutes)
+    s = start
     model.train()
     with stop_on_signals() as stop:
-        for step in range(start, tcfg.steps):
+        for step in range(start, budget.end):
             if stop["signum"] is not None:
                 ckpts.save(snapshot(step, elapsed_before + time.perf_counter() - t0), ckpts.last)
                 raise TrainingInterrupted(step, stop["signum"])
-            lr = lr_at(step, tcfg)
+            lr = lr_at(step, tcfg, budget.horizon)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = batches.batch(step).to(device)
@@ -316,11 +403,12 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             scaler.step(optimizer)
             scaler.update()
             s = step + 1
+            last = budget.is_last(s)
             window_loss += loss_value
             window_steps += 1
             if progress:
                 progress.update(1)
-            if s % tcfg.log_every == 0 or s == tcfg.steps:
+            if s % tcfg.log_every == 0 or last:
                 now = time.perf_counter()
                 last_train_loss = window_loss / window_steps
                 tps = tokens_per_step * window_steps / max(now - window_t0, 1e-9)
@@ -338,7 +426,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 emit({"step": s, "split": "val_subset", "loss": subset,
                       "perplexity": math.exp(min(subset, 50)),
                       "elapsed_s": elapsed_before + time.perf_counter() - t0})
-            if s % tcfg.eval_every == 0 or s == tcfg.steps:
+            if s % tcfg.eval_every == 0 or last:
                 last_val = mean_loss(model, val_actions, device, precision=precision)
                 emit({"step": s, "split": "val", "loss": last_val,
                       "perplexity": math.exp(min(last_val, 50)),
@@ -351,17 +439,23 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                                 "model_args": model_args,
                                 "model": model.state_dict(), "step": s, "val_loss": last_val},
                                ckpts.best)
-            if s % tcfg.checkpoint_every == 0 and s < tcfg.steps:
+            if s % tcfg.checkpoint_every == 0 and not last:
                 ckpts.save_step(snapshot(s, elapsed_before + time.perf_counter() - t0), s)
+            if not last and timed.due(s, tcfg.log_every):  # train.checkpoint_minutes
+                ckpts.save(snapshot(s, elapsed_before + time.perf_counter() - t0), ckpts.last)
+                timed.saved()
+            if last:
+                break
     if progress:
         progress.close()
     elapsed = elapsed_before + time.perf_counter() - t0
-    ckpts.save(snapshot(tcfg.steps, elapsed), ckpts.last)
-    done_steps = tcfg.steps - start
+    ckpts.save(snapshot(s, elapsed), ckpts.last)
+    done_steps = s - start
     result = TrainResult(
-        "completed", tcfg.steps, last_train_loss, last_val, best_val, elapsed,
+        "completed", s, last_train_loss, last_val, best_val, elapsed,
         resumed_from=resumed_from,
         tokens_per_s=tokens_per_step * done_steps / max(time.perf_counter() - t0, 1e-9),
+        stopped_by=budget.stopped_by,
     )
     write_json(train_dir / "train_done.json", result.as_dict())
     return result

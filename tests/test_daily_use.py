@@ -1,0 +1,178 @@
+"""Small pieces of daily use, in-process: file modes, the lock fallback, wandb's flattening,
+one-line errors, the folder binding, job discovery, and docs that must agree with the code."""
+
+import errno
+import json
+import os
+import re
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from vla_ablate import run as run_module
+from vla_ablate.cli import one_line
+from vla_ablate.config import ConfigError
+from vla_ablate.fileio import write_json
+from vla_ablate.loggers import _flatten, _row_tables
+from vla_ablate.runfolder import BINDING, bind_folder, restore_hydra_files
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_result_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "summary.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "summary.json").stat().st_mode) == mode
+
+
+def test_lock_falls_back_to_a_lock_folder_where_flock_is_refused(tmp_path, monkeypatch):
+    def no_flock(fh, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(run_module.fcntl, "flock", no_flock)
+    messages, inside, overlaps = [], [], []
+    monkeypatch.setattr(run_module, "log", messages.append)
+
+    def job():
+        with run_module.model_lock(tmp_path):
+            inside.append(1)
+            if len(inside) > 1:
+                overlaps.append(1)
+            time.sleep(0.3)
+            inside.pop()
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps
+    assert any("file locks are not supported" in m for m in messages)
+    assert any("waiting for another job" in m for m in messages)
+    assert not (tmp_path / ".lock.d").exists()
+
+
+def test_a_lock_folder_left_by_a_dead_process_is_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_module.fcntl, "flock",
+                        lambda fh, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no locks")))
+    monkeypatch.setattr(run_module, "log", lambda m: None)
+    stale = tmp_path / ".lock.d"
+    stale.mkdir()
+    (stale / "owner").write_text(f"{os.uname().nodename} {2**22 + 12345}")
+    with run_module.model_lock(tmp_path):
+        pass  # would wait forever if the stale folder were honoured
+
+
+def test_flatten_turns_rows_into_one_metric_per_cell():
+    summary = {"val_loss": 1.5, "kv_cache": {"speed": [
+        {"batch_size": 1, "new_tokens": 50, "repeats": 3, "tokens_per_s": 100.0},
+        {"batch_size": 8, "new_tokens": 50, "repeats": 3, "tokens_per_s": 700.0},
+    ]}}
+    flat = _flatten(summary)
+    assert flat["val_loss"] == 1.5
+    assert flat["kv_cache/speed/batch_size=1/tokens_per_s"] == 100.0
+    assert flat["kv_cache/speed/batch_size=8/tokens_per_s"] == 700.0
+    assert flat["kv_cache/speed/batch_size=8/new_tokens"] == 50  # constant: a value, not a label
+    columns, data = _row_tables(summary)["kv_cache/speed"]
+    assert columns == ["batch_size", "new_tokens", "repeats", "tokens_per_s"]
+    assert data[1] == [8, 50, 3, 700.0]
+
+
+def test_traceback_and_boolean_group_override_become_one_line():
+    report = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    g()\n"
+              "ValueError: Config group override must be a string or a list. Got bool\n")
+    line = one_line(report, argv=["debug=smoke", "cache=true"])
+    assert line == ("error: cache=true: the cache group takes an option name, not a boolean "
+                    "(available: off, on)")
+
+
+def test_folder_binding_refuses_other_training_settings(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("train:\n  steps: 30\n")
+    bind_folder(tmp_path, {"train": {"steps": 30, "lr": 0.003}, "seed": 1})
+    bind_folder(tmp_path, {"train": {"steps": 30, "lr": 0.003}, "seed": 1})  # same: accepted
+    (tmp_path / ".hydra" / "config.yaml").write_text("train:\n  steps: 60\n")  # Hydra rewrote it
+    with pytest.raises(ConfigError) as info:
+        bind_folder(tmp_path, {"train": {"steps": 60, "lr": 0.003}, "seed": 2})
+    assert "train.steps: 30 -> 60" in str(info.value) and "seed: 1 -> 2" in str(info.value)
+    assert "lr" not in str(info.value) and "\n" not in str(info.value)
+    assert json.loads((tmp_path / BINDING).read_text())["training"]["train"]["steps"] == 30
+    assert restore_hydra_files(tmp_path)
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == "train:\n  steps: 30\n"
+
+
+def test_job_discovery_at_any_depth(tmp_path):
+    from analysis.collect import job_folders, job_name
+
+    for rel in ["2024-01-01/10-00-00/pos=rope,seed=1", "2024-01-01/10-00-00/pos=rope,seed=2",
+                "2024-01-02/09-00-00/10", "2024-01-02/09-00-00/9"]:
+        (tmp_path / rel / ".hydra").mkdir(parents=True)
+    (tmp_path / "2024-01-01/10-00-00/models/k/.hydra").mkdir(parents=True)  # not a job
+    found = [job_name(tmp_path, p) for p in job_folders(tmp_path)]
+    assert found == ["2024-01-01/10-00-00/pos=rope,seed=1", "2024-01-01/10-00-00/pos=rope,seed=2",
+                     "2024-01-02/09-00-00/9", "2024-01-02/09-00-00/10"]
+
+
+def test_analysis_of_a_folder_without_jobs_writes_nothing(tmp_path):
+    from analysis.__main__ import main
+
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------ docs vs code
+
+
+def test_ci_installs_torch_as_the_readme_says():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = re.search(r"`(pip install torch==\S+ --index-url \S+)`", readme.replace("\n", " "))
+    assert command, "README names no CPU torch install"
+    assert command.group(1).replace("pip install", "") in ci.replace("python -m pip install --quiet", "")
+
+
+def test_slurm_example_that_asks_for_a_gpu_partition_asks_for_a_gpu():
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    for line in readme.splitlines():
+        if "submitit_slurm" in line and "partition=gpu" in line:
+            assert "gpus_per_node=" in line or "gpus_per_task=" in line, line
+
+
+@pytest.mark.slow
+def test_readme_slurm_example_composes(tmp_path):
+    """Every key of the README's SLURM command exists (run with --cfg: nothing is submitted)."""
+    from conftest import run_cli
+
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    line = next(x for x in readme.splitlines() if "submitit_slurm" in x)
+    args = [a for a in line.split() if "=" in a and a != "+experiment=ablation"]
+    proc = run_cli([*args, "--cfg", "hydra"], cwd=tmp_path)
+    assert "gpus_per_node: 1" in proc.stdout and "partition: gpu" in proc.stdout
+
+
+def test_docs_and_configs_name_nothing_outside_the_repository():
+    files = [*ROOT.glob("*.md"), *(ROOT / "docs").glob("*.md"), *(ROOT / "conf").rglob("*.yaml"),
+             *(ROOT / "vla_ablate").rglob("*.py")]
+    for path in files:
+        text = path.read_text()
+        assert not re.search(r"\bissue \d+", text, re.IGNORECASE), path
+        assert "../shared" not in text, path
+
+
+def test_rope_doc_quotes_no_measurement_benchmarks_md_contradicts():
+    rope, bench = (ROOT / "docs" / "rope.md").read_text(), (ROOT / "docs" / "benchmarks.md").read_text()
+    for hours in re.findall(r"about (\d+(?:\.\d+)?) hours", rope):
+        assert f"{hours} h" in bench or f"{hours} hours" in bench, hours
+    for number in re.findall(r"\b[12]\.\d{3}\b", rope):
+        assert number in bench, number
+
+
+def test_paths_in_this_file_exist():
+    assert Path(ROOT / ".ci" / "run").exists()

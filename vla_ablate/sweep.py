@@ -1,0 +1,132 @@
+"""What a sweep (``python -m vla_ablate -m ...``) does before its first job and after its last.
+
+A Hydra callback (``hydra.callbacks.sweep_checks`` in ``conf/config.yaml``), run in the process
+that launches the jobs, whatever the launcher:
+
+- before any job starts, every job's config is composed and checked (``config.validate``, the
+  job folder's binding to a training config, two jobs sharing a folder); each problem is one
+  line on stderr, and nothing runs (exit 2);
+- ``cache`` becomes the outermost axis, so the jobs that reuse a model (its ``cache`` twins) come
+  after every model's first job instead of beside it (with fewer parallel slots than models,
+  a twin never waits on its model's lock);
+- afterwards, the jobs of this launch that did not complete are counted from their
+  ``summary.json`` (the jobs may have run in other processes or on other machines), so the
+  exit status reflects them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from vla_ablate.cli import one_line, report
+from vla_ablate.config import ConfigError, validate
+from vla_ablate.run import LAUNCH_ENV
+from vla_ablate.runfolder import SUMMARY, bind_check
+
+FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
+
+
+class SweepChecks(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        os.environ[LAUNCH_ENV] = uuid.uuid4().hex  # inherited by the launchers' workers
+        cache_outermost(config)
+        problems = check_jobs(config)
+        if problems:
+            report(problems)
+            sys.exit(2)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        FAILED[:] = failed_jobs(Path(config.hydra.sweep.dir), os.environ.get(LAUNCH_ENV))
+
+
+def cache_outermost(config: DictConfig) -> None:
+    """Make ``cache`` the first swept key (the slowest to vary), wherever it was given."""
+    params = dict(config.hydra.sweeper.get("params") or {})
+    task = list(config.hydra.overrides.task)
+    swept = [o for o in task if o.partition("=")[0] == "cache" and "," in o]
+    if swept:
+        task.remove(swept[0])
+        value = swept[0].partition("=")[2]
+    elif "cache" in params:
+        value = params.pop("cache")
+    else:
+        return
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.overrides.task = task
+        config.hydra.sweeper.params = {"cache": value, **params}
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Each job's overrides, in launch order: what Hydra's basic sweeper will run."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=loader)
+    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def check_jobs(config: DictConfig) -> list[str]:
+    """One ``error: ...`` line per problem found in any job (empty: every job can run)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vla_ablate.run import training_config
+
+    if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+        return []  # another sweeper chooses its jobs as it goes
+    loader = GlobalHydra.instance().config_loader()
+    found: dict[str, list[str]] = defaultdict(list)
+    folders: dict[Path, str] = {}
+    jobs = sweep_jobs(config)
+    for num, overrides in enumerate(jobs):
+        name = ",".join(overrides) or f"job {num}"
+        try:
+            job = loader.load_sweep_config(config, list(overrides))
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors, reported
+            found[one_line(str(err)).removeprefix("error: ")].append(name)
+            continue
+        with open_dict(job):
+            job.hydra.job.num = num
+        folder = Path(job.hydra.sweep.dir) / str(job.hydra.sweep.subdir)
+        if folder in folders:
+            found[f"jobs {folders[folder]} and {name} would share the folder {folder}; "
+                  "sweep the key in the folder name too (hydra.job.config.override_dirname."
+                  "exclude_keys)"].append(name)
+        folders[folder] = name
+        task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
+        try:
+            validate(task)
+            bind_check(folder, training_config(task))
+        except ConfigError as err:
+            found[str(err)].append(name)
+    lines = []
+    for message, names in found.items():
+        where = "" if len(names) == len(jobs) else (
+            f" (job{'s' if len(names) > 1 else ''} {'; '.join(names[:3])}"
+            f"{f' and {len(names) - 3} more' if len(names) > 3 else ''})")
+        lines.append(f"error: {message}{where}")
+    return lines
+
+
+def failed_jobs(sweep_dir: Path, launch_id: str | None) -> list[str]:
+    """Job folders below ``sweep_dir`` whose summary, written by this launch, is not completed."""
+    failed = []
+    for path in sorted(sweep_dir.rglob(SUMMARY)):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if summary.get("launch_id") == launch_id and summary.get("status") != "completed":
+            failed.append(str(path.parent))
+    return failed
