@@ -18,7 +18,7 @@ import time
 import torch
 
 from vla_ablate.model import DecoderOnlyTransformer
-from vla_ablate.optim import BatchedMuon
+from vla_ablate.optim import Muon
 
 
 def main():
@@ -39,7 +39,7 @@ def main():
     for p, q in zip(*params.values()):  # the same gradients on both copies
         q.grad = p.grad.clone()
     opts = {
-        "ours (batched, fp32 Newton-Schulz)": BatchedMuon(
+        "ours (batched, fp32 Newton-Schulz)": Muon(
             params["ours (batched, fp32 Newton-Schulz)"], lr=3e-3, momentum=0.95,
             weight_decay=0.1),
         "torch.optim.Muon": torch.optim.Muon(params["torch.optim.Muon"], lr=3e-3, momentum=0.95,

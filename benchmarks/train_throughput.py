@@ -180,7 +180,7 @@ def main():
         # the ratio within each round (same minutes of machine time), then its median
         paired = statistics.median(a / b for a, b in zip(r, rates[ref_key]))
         peak = peaks[precisions[key[1]]]
-        print(f"{key[0]:<30}{key[1]:>11}{med:>10,.0f}{max(r) - min(r):>9,.0f}{work:>21.3e}"
+        print(f"{key[0]:<30}{key[1]:>11}{med:>10,.1f}{max(r) - min(r):>9,.0f}{work:>21.3e}"
               f"{work / ref_work:>7.2f}x{paired:>7.2f}x{6 * work / peak:>7.1%}")
     print(f"\n(median of {args.rounds} rounds of {args.steps} steps each, the order rotated every "
           f"round; 'vs ref' and 'paired' (the median of the per-round ratios) are against "

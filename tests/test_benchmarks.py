@@ -1,5 +1,6 @@
 """The benchmark scripts run and print their tables (tiny sizes; no timing is asserted)."""
 
+import re
 import subprocess
 import sys
 
@@ -25,18 +26,37 @@ def test_data_generation_benchmark():
 
 def test_generation_benchmark():
     out = bench("generation.py", "--no-llama", "--batch-sizes", "1", "2", "--new-tokens", "3", "6",
-                "--repeats", "2")
+                "--repeats", "2", "--dtypes", "fp32", "bf16")
     for path in ("ours, cache on", "ours, cache off"):
-        assert out.count(path) == 4
-    assert out.count("cache on / off =") == 4
+        assert out.count(path) == 8  # 2 dtypes x 2 batch sizes x 2 lengths
+    assert out.count("cache on / off =") == 8
+    assert out.count("  bf16, batch") == 4
 
 
 def test_train_throughput_benchmark():
     out = bench("train_throughput.py", "--rounds", "1", "--steps", "1", "--batch-size", "4",
-                "--seq-len", "12")
-    for name in ("ours (attn_impl=manual)", "ours (attn_impl=sdpa)", "reference (SDPA, nn.RMSNorm)"):
-        assert name in out
-    assert "MFU" in out and "1.00x" in out  # the reference against itself
+                "--seq-len", "12", "--precisions", "fp32", "bf16")
+    rows = {}
+    for line in out.splitlines():
+        m = re.match(r"^(.+?)\s{2,}(fp32|bf16)\s+([\d,.]+)\s+[\d,]+\s+\S+\s+([\d.]+)x", line)
+        if m:
+            rows[(m.group(1).strip(), m.group(2))] = (float(m.group(3).replace(",", "")),
+                                                      float(m.group(4)))
+    names = ("ours (attn_impl=manual)", "ours (attn_impl=sdpa)", "reference (SDPA, nn.RMSNorm)")
+    assert set(rows) == {(n, p) for n in names for p in ("fp32", "bf16")}
+    ref_rate = rows[("reference (SDPA, nn.RMSNorm)", "fp32")][0]
+    for rate, ratio in rows.values():  # every ratio is against the fp32 reference's rate
+        assert ratio == pytest.approx(rate / ref_rate, rel=0.02, abs=0.01)
+    assert "MFU" in out
+
+
+def test_optimizer_step_and_data_regime_benchmarks():
+    out = bench("optimizer_step.py", "--rounds", "1")
+    assert re.search(r"torch.optim.Muon time / ours = [\d.]+x", out)
+    diff = float(re.search(r"first update: ([\d.]+)", out).group(1))
+    assert diff < 0.2  # the two implementations compute the same update up to bf16 rounding
+    out = bench("data_regime.py", "--trajectories", "50", "--length", "200")
+    assert out.count("%") == 12 and "150-199" in out
 
 
 def fake_run(folder, losses, batch_size):

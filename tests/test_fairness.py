@@ -256,3 +256,19 @@ def test_report_on_two_sweeps_names_the_fixed_kv_cell_and_what_intervals_cover(t
     assert "KV cache at batch 1, 50 new tokens: 3.50x" in report
     assert "(train.steps=60)" in report
     assert (tmp_path / "out" / "position_shift.png").exists()
+
+
+# ------------------------------------------------------------------ precision
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from vla_ablate import precision as P
+
+    monkeypatch.setattr(P, "cpu_bf16_native", lambda: (True, "the CPU has AMX"))
+    assert P.resolve_precision("auto", CPU) == ("bf16", "the CPU has AMX")
+    monkeypatch.setattr(P, "cpu_bf16_native", lambda: (False, "the CPU has neither"))
+    chosen, why = P.resolve_precision("auto", CPU)
+    assert chosen == "fp32" and "emulated" in why
+    assert P.resolve_precision("fp32", CPU)[0] == "fp32"
+    with pytest.raises(ValueError, match="CUDA"):
+        P.resolve_precision("fp16", CPU)

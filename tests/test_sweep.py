@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 import vla_ablate
 from conftest import ROOT, SMOKE, run_cli
@@ -162,7 +163,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
                     for item in r.summary.update}
     speed = json.loads((run_dir / "summary.json").read_text())["kv_cache"]["speed"]
     assert len([k for k in summary_keys if k.startswith("kv_cache/speed/")
-                and k.endswith("/tokens_per_s")]) == len(speed)  # one metric per row
+                and k.endswith("/speedup")]) == len(speed)  # one metric per row
     assert not (tmp_path / "wandb").exists()  # nothing written outside the run folder
     assert not (run_dir / "wandb-home").exists() and (run_dir / "wandb" / "home").is_dir()
     assert f"wandb sync {run_dir / 'wandb' / 'offline-run-*'}" in proc.stderr
@@ -211,3 +212,18 @@ def test_parallel_sweep_with_a_failed_job_exits_1(tmp_path, launcher):
     diverged = [name for name, s in summaries(sweep).items() if s["status"] == "diverged"]
     assert len(diverged) == 1 and "train.lr=1000000.0" in diverged[0]
     assert str(sweep / diverged[0]) in proc.stderr
+
+
+def test_bf16_greedy_decoding_on_a_trained_model_matches_uncached(smoke_sweep):
+    from vla_ablate.data import generate_dataset
+    from vla_ablate.evaluate import generation_model
+    from vla_ablate.train import load_model_from_checkpoint
+
+    sweep, _ = smoke_sweep
+    prompts = generate_dataset(8, 12, seed=42)["actions"][:, :4]
+    for ckpt in sorted((sweep / "models").glob("*-causal-*/checkpoints/last.pt")):
+        model = generation_model(load_model_from_checkpoint(ckpt).eval(), "bf16")
+        assert model.lm_head.weight.dtype == torch.bfloat16
+        cached = model.generate(prompts, 40, top_k=1, use_cache=True)
+        plain = model.generate(prompts, 40, top_k=1, use_cache=False)
+        assert torch.equal(cached, plain), ckpt

@@ -30,12 +30,12 @@ def actions():
     return generate_dataset(80, 12, seed=0)["actions"]
 
 
-def fresh_run(folder, actions, cfg, seed=0):
+def fresh_run(folder, actions, cfg, seed=0, precision="fp32"):
     torch.manual_seed(seed)
     model = DecoderOnlyTransformer(**ARGS)
     batches = BatchSource(actions[:64], cfg.batch_size, seed)
     result = train(model, ARGS, batches, actions[64:], cfg, folder, torch.device("cpu"), seed,
-                   log=lambda m: None)
+                   log=lambda m: None, precision=precision)
     return model, result
 
 
@@ -83,12 +83,13 @@ def test_checkpoint_retention_keeps_best_and_last(tmp_path, actions):
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_resume_gives_identical_weights_and_metrics(tmp_path, actions, optimizer):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_gives_identical_weights_and_metrics(tmp_path, actions, optimizer, precision):
     cfg = tcfg(optimizer=optimizer)
-    ref_model, ref = fresh_run(tmp_path / "ref", actions, cfg)
+    ref_model, ref = fresh_run(tmp_path / "ref", actions, cfg, precision=precision)
     # a run "killed" after its step-8 checkpoint: drop everything written later
     part = tmp_path / "part"
-    fresh_run(part, actions, cfg)
+    fresh_run(part, actions, cfg, precision=precision)
     ckpt = part / "checkpoints"
     for name in ("last.pt", "step_0000016.pt", "train_done.json"):
         (ckpt / name).unlink(missing_ok=True)
@@ -97,7 +98,7 @@ def test_resume_gives_identical_weights_and_metrics(tmp_path, actions, optimizer
     torch.manual_seed(123)  # a different init: resume must overwrite it
     model = DecoderOnlyTransformer(**ARGS)
     result = train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], cfg, part,
-                   torch.device("cpu"), 0, log=messages.append)
+                   torch.device("cpu"), 0, log=messages.append, precision=precision)
     assert result.resumed_from == 8 and "resuming from checkpoint at step 8" in messages[0]
     for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
@@ -213,3 +214,12 @@ def test_time_budget_shorter_than_warmup_finishes_warmup_and_decays(tmp_path, ac
                    actions[64:], cfg, tmp_path, torch.device("cpu"), 0, log=messages.append)
     assert result.steps == 20  # warmup, then as many steps to decay
     assert any("is spent before the warmup" in m for m in messages)
+
+
+def test_bf16_keeps_float32_master_weights_and_tracks_fp32(tmp_path, actions):
+    cfg = tcfg(steps=16)
+    fp32_model, fp32 = fresh_run(tmp_path / "fp32", actions, cfg, precision="fp32")
+    bf16_model, bf16 = fresh_run(tmp_path / "bf16", actions, cfg, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in bf16_model.parameters())
+    assert bf16.val_loss == pytest.approx(fp32.val_loss, abs=0.05)
+    assert bf16.val_loss != fp32.val_loss  # the forward pass really ran in bf16

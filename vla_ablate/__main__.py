@@ -8,7 +8,7 @@ import hydra
 
 from vla_ablate.cli import hydra_errors_on_one_line, job_started
 from vla_ablate.config import register_configs
-from vla_ablate.run import ARGV_ENV, run_job
+from vla_ablate.run import ARGV_ENV, objective, run_job
 from vla_ablate.sweep import FAILED
 
 register_configs()
@@ -17,7 +17,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg):
     job_started()
-    return run_job(cfg)
+    return objective(cfg, run_job(cfg))
 
 
 if __name__ == "__main__":

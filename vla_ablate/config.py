@@ -127,6 +127,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    optimized_metric: str | None = None  # hparams_search: the summary key returned to Optuna
 
 
 def register_configs() -> None:

@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -131,6 +132,17 @@ def run_job(cfg) -> dict:
     if code and not multirun:
         sys.exit(code)
     return summary
+
+
+def objective(cfg, summary: dict):
+    """What the job returns to Hydra's sweeper: the summary, or with ``optimized_metric`` (an
+    Optuna search, ``hparams_search=...``) that key's value; a job without a finite value
+    returns +inf, the worst a minimising search can see."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return summary
+    value = summary.get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
 def refuse(run_dir: Path, axes: dict, err: ConfigError, multirun: bool) -> dict:

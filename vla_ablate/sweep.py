@@ -38,6 +38,7 @@ class SweepChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         os.environ[LAUNCH_ENV] = uuid.uuid4().hex  # inherited by the launchers' workers
         cache_outermost(config)
+        storage_folder(config)
         problems = check_jobs(config)
         if problems:
             report(problems)
@@ -45,6 +46,14 @@ class SweepChecks(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         FAILED[:] = failed_jobs(Path(config.hydra.sweep.dir), os.environ.get(LAUNCH_ENV))
+
+
+def storage_folder(config: DictConfig) -> None:
+    """Create the folder of a sweeper's SQLite storage (Optuna's study opens it before the
+    launcher creates the sweep folder it lives in)."""
+    storage = str(config.hydra.sweeper.get("storage") or "")
+    if storage.startswith("sqlite:///"):
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def cache_outermost(config: DictConfig) -> None:

@@ -1,0 +1,34 @@
+"""hparams_search=recipe: an Optuna search over the recipe whose study resumes from its file."""
+
+import json
+
+import pytest
+
+from conftest import SMOKE, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def trials(db):
+    import optuna
+
+    study = optuna.load_study(study_name="recipe", storage=f"sqlite:///{db}")
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_recipe_search_minimises_val_loss_and_resumes(tmp_path):
+    sweep = tmp_path / "search"
+    args = ["hparams_search=recipe", *SMOKE, "hydra.sweeper.n_trials=2",
+            "train.warmup_steps=choice(2,3)", "train.steps=choice(12,16)",
+            "train.batch_size=choice(8,16)", f"hydra.sweep.dir={sweep}",
+            f"data.cache_dir={tmp_path / 'ds'}"]
+    run_cli(args, cwd=tmp_path)  # a sweep by itself: no -m
+    first = trials(sweep / "optuna.db")
+    assert len(first) == 2
+    # every trial's value is its job's final validation loss
+    losses = sorted(json.loads(p.read_text())["val_loss"] for p in sweep.glob("*/summary.json"))
+    assert sorted(t.value for t in first) == pytest.approx(losses)
+    for t in first:
+        assert t.params["train.steps"] in (12, 16) and 1e-3 <= t.params["train.lr"] <= 1e-2
+    run_cli([*args[:2], "hydra.sweeper.n_trials=1", *args[3:]], cwd=tmp_path)
+    assert len(trials(sweep / "optuna.db")) == 3  # the same study, continued
