@@ -61,7 +61,7 @@ class CacheConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 560
+    steps: int = 2400
     batch_size: int = 64
     optimizer: str = "muon"  # muon (Muon for the blocks' matrices, AdamW for the rest) | adamw
     lr: float = 3e-3
@@ -70,7 +70,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     log_every: int = 20
-    eval_every: int = 140
+    eval_every: int = 100
     subset_eval_every: int = 20  # 0: off; loss on a fixed validation slice (steps-to-target)
     subset_eval_size: int = 256
     checkpoint_every: int = 1000

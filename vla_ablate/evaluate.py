@@ -131,11 +131,17 @@ def extrapolation(model, data_seed, seq_length, factors, n, device, precision="f
     return out
 
 
-def generation_model(model, precision):
-    """The model that generation runs: a bf16 (or fp16) copy, weights and KV cache, or itself."""
-    if precision == "fp32":
-        return model
-    return copy.deepcopy(model).to(DTYPES[precision]).eval()
+def generation_model(model, precision, compile_decode=False):
+    """The model that generation runs: a bf16 (or fp16) copy, weights and KV cache, or itself.
+
+    ``compile_decode`` compiles its forward pass (``train.compile``; ``dynamic=True``: the
+    cached prefix grows every step) on a copy, so the training model stays eager.
+    """
+    gen = model if precision == "fp32" and not compile_decode else copy.deepcopy(model)
+    gen = gen.to(DTYPES[precision]).eval()
+    if compile_decode:
+        gen.hidden_states = torch.compile(gen.hidden_states, dynamic=True)
+    return gen
 
 
 @torch.no_grad()

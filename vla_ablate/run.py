@@ -50,7 +50,13 @@ from vla_ablate.runfolder import (
     running_summary,
     write_summary,
 )
-from vla_ablate.train import BatchSource, TrainingInterrupted, load_checkpoint, train
+from vla_ablate.train import (
+    BatchSource,
+    TrainingInterrupted,
+    load_checkpoint,
+    train,
+    use_compile,
+)
 
 EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": 2, "diverged": 3, "interrupted": 130}
 # (an interrupted job exits with 128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM)
@@ -279,7 +285,8 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                                                 list(e.extrapolation_factors),
                                                 e.extrapolation_trajectories, device, precision),
     }
-    gen_model = evaluate.generation_model(model, precision)
+    gen_model = evaluate.generation_model(model, precision,
+                                          compile_decode=use_compile(cfg.train.compile, device))
     prompts = val_actions[:8, : e.gen_prompt_len]
     new = min(20, cfg.model.max_seq_len - e.gen_prompt_len)
     out["kv_cache"] = {

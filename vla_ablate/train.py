@@ -461,14 +461,16 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     return result
 
 
-def compiled(model, mode: str, log=print):
-    """The model's forward for training steps: ``torch.compile``d when ``train.compile`` says so.
+def use_compile(mode: str, device) -> bool:
+    """``train.compile``: ``on``, ``off``, or ``auto``, which compiles on CUDA only: on the CPU
+    the measured gain does not repay the compile time of a default run (docs/benchmarks.md,
+    "Compiling the step")."""
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
 
-    ``auto`` compiles on CUDA only: on the CPU the measured gain does not repay the compile time
-    of a default run (docs/benchmarks.md, "Compiling the step").
-    """
-    use = mode == "on" or (mode == "auto" and next(model.parameters()).is_cuda)
-    if not use:
+
+def compiled(model, mode: str, log=print):
+    """The model's forward for training steps, ``torch.compile``d when ``train.compile`` says so."""
+    if not use_compile(mode, next(model.parameters()).device):
         return model
     log("compiling the training step (torch.compile; the first steps are slow)")
     return torch.compile(model, dynamic=False)
