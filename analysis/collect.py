@@ -88,8 +88,21 @@ def _training_config(job: Path, summary: dict) -> dict:
             config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             config = {}
-        config = {k: config.get(k) for k in ("data", "model", "pos", "mask", "train")}
+        config = {k: dict(config.get(k) or {}) for k in ("data", "model", "pos", "mask", "train")}
+        for group, keys in _BOOKKEEPING.items():  # what run.py leaves out of a training config
+            for key in keys:
+                config[group].pop(key, None)
+    pos = config.get("pos") or {}
+    if pos.get("name") == "sinusoidal" and "amplitude" not in pos:
+        config["pos"] = {**pos, "amplitude": 1.0}  # written before the matched amplitude
     return {k: v for k, v in config.items() if k != "seed"}
+
+
+# keys of Hydra's config that do not change training (vla_ablate/run.py, _NOT_TRAINING); the
+# analysis reads run folders only, so it keeps its own copy for jobs without training_config
+_BOOKKEEPING = {"data": ("cache_dir",),
+                "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
+                          "compile", "checkpoint_minutes")}
 
 
 def _flatten(tree, prefix="") -> dict:

@@ -61,9 +61,14 @@ def coverage(runs) -> str:
     """What the seed-to-seed intervals cover, from how the runs drew their data."""
     done = runs[runs["status"] == "completed"]
     varies = done["data_varies_with_seed"] if "data_varies_with_seed" in done else []
-    if len(varies) and bool(pd.Series(varies).all()):
+    varies = pd.Series(varies, dtype=bool)
+    if len(varies) and varies.all():
         return ("model initialisation, batch order and the training trajectories (each seed "
                 "trains on its own draw of the process; validation is the same fixed split)")
+    if varies.any():
+        return ("model initialisation and batch order, and for some runs only the training "
+                "trajectories too (the others used a data file or data.vary_with_seed=false): "
+                "see data_varies_with_seed in runs.csv")
     return ("model initialisation and batch order only: every seed trained on the same "
             "trajectories (a data file, or data.vary_with_seed=false)")
 

@@ -39,7 +39,9 @@ def steps_to_reach(metrics: pd.DataFrame, target: float) -> pd.Series:
     Uses the frequent fixed validation slice (split ``val_subset``) where a run logged one, else
     the whole validation split.
     """
-    split = "val_subset" if (metrics["split"] == "val_subset").any() else "val"
+    has_subset = metrics[metrics["split"] == "val_subset"].groupby(["sweep", "job"]).size()
+    uses = [(sw, jb) in has_subset.index for sw, jb in zip(metrics["sweep"], metrics["job"])]
+    split = pd.Series(uses, index=metrics.index).map({True: "val_subset", False: "val"})
     val = metrics[(metrics["split"] == split) & (metrics["loss"] <= target)]
     return val.groupby(["sweep", "job"])["step"].min()
 
@@ -156,7 +158,7 @@ def kv_cache(runs, speed) -> pd.DataFrame:
                  .agg(speedup=("speedup", "median"), on=("tokens_per_s_cache_on", "median"),
                       off=("tokens_per_s_cache_off", "median"),
                       precision=("precision", lambda p: ",".join(sorted(set(map(str, p))))),
-                      alone=("concurrent_jobs", lambda c: bool((c.fillna(1) <= 1).all())))
+                      alone=("concurrent_jobs", lambda c: bool(c.notna().all() and (c <= 1).all())))
                  .reset_index())
     causal = ok[ok["mask"] == "causal"]["kv_matches"].dropna()
     matched = f"{int(causal.sum())}/{len(causal)} causal runs" if len(causal) else "n/a"

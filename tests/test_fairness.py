@@ -272,3 +272,22 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     assert P.resolve_precision("fp32", CPU)[0] == "fp32"
     with pytest.raises(ValueError, match="CUDA"):
         P.resolve_precision("fp16", CPU)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_bf16_generation_with_alibi_biases(causal, val_actions):
+    gen = evaluate.generation_model(small_model("alibi", causal=causal), "bf16")
+    report = evaluate.kv_cache_consistency(gen, val_actions[:2, :4], 8, CPU)
+    assert report["precision"] == "bf16"
+    assert report["matches"] is causal  # no mask: different by construction, but it runs
+    rows = evaluate.paired_generation_speed(gen, val_actions[:, :4], [1], [4], 1, CPU)
+    assert rows[0]["speedup"] > 0
+
+
+def test_steps_to_target_uses_each_jobs_own_split():
+    old = [{"sweep": "s", "job": "old", "split": "val", "step": st, "loss": 3.0 - st / 100}
+           for st in (100, 200)]  # a job from before the validation slice existed
+    new = [{"sweep": "s", "job": "new", "split": "val_subset", "step": st, "loss": 3.0 - st / 50}
+           for st in range(20, 201, 20)]
+    reached = steps_to_reach(pd.DataFrame(old + new), 1.5)
+    assert reached[("s", "old")] == 200 and reached[("s", "new")] == 80

@@ -126,6 +126,11 @@ def run_job(cfg) -> dict:
     finally:
         code = 128 + signum if status == "interrupted" else EXIT_CODES.get(status, 1)
         summary = {**summary, **stamp}
+        if "training_config" not in summary:  # so the analysis labels a failed job like the rest
+            try:
+                summary["training_config"] = training_config(cfg)
+            except Exception:  # noqa: BLE001 - a config too broken to describe
+                pass
         if status != "completed":
             summary = {**summary, "status": "failed" if status == "bad_config" else status,
                        **axes, "axes": axes, "error": message or summary.get("error"),
@@ -337,6 +342,11 @@ def load_data(cfg):
         n, length = data["actions"].shape
         if length < 2 or length > cfg.model.max_seq_len:
             raise ConfigError(f"{d.path} holds sequences of {length} tokens; need 2..model.max_seq_len")
+        shifted = length + max(cfg.eval.position_shifts, default=0) - 1
+        if cfg.eval.enabled and shifted > cfg.model.max_seq_len:
+            raise ConfigError(f"{d.path} holds sequences of {length} tokens: eval.position_shifts "
+                              f"need positions up to {shifted - 1}, beyond model.max_seq_len "
+                              f"({cfg.model.max_seq_len})")
         log(f"loaded {n} trajectories of {length} steps from {d.path} "
             "(data.num_trajectories and data.seq_length do not apply)")
     else:
@@ -365,13 +375,22 @@ def load_data(cfg):
 
 
 def training_config(cfg) -> dict:
-    """Everything that determines a trained model; a run folder is bound to it."""
+    """Everything that determines a trained model; a run folder is bound to it.
+
+    ``train.precision`` is recorded as this host resolves it (``auto`` is bf16 on one machine and
+    fp32 on another), so models trained in different precisions never share a folder or a row.
+    """
     parts = {}
     for key in _TRAINING_KEYS:
         value = OmegaConf.to_container(cfg[key], resolve=True) if key != "seed" else cfg.seed
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _NOT_TRAINING.get(key, ())}
         parts[key] = value
+    try:
+        device = pick_device(cfg.train.device)
+        parts["train"]["precision"] = resolve_precision(cfg.train.precision, device)[0]
+    except (ValueError, ConfigError):
+        pass  # validate() reports a precision or device that cannot be used
     return parts
 
 

@@ -104,6 +104,8 @@ class DecoderOnlyTransformer(nn.Module):
         if self.training and self.dropout.p:
             x = self.dropout(x)
         attn_mask, is_causal = self._attention_mask(input_pos, key_pos)
+        if attn_mask is not None and attn_mask.dtype != x.dtype:
+            attn_mask = attn_mask.to(x.dtype)  # a bf16 model: float32 biases would promote
         kwargs = dict(
             rotary=self.pos_encoding.rotary(input_pos), attn_mask=attn_mask, is_causal=is_causal,
             input_pos=input_pos if cached else None, end=end, need_weights=need_weights,
