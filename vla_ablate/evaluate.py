@@ -2,8 +2,9 @@
 
 Every loss here is computed in the run's training precision (``precision``: the same autocast
 as validation during training), so the two sides of each comparison are computed alike.
-Generation runs in ``generation_precision``: bf16 weights and KV cache where the hardware
-computes bf16 natively, and the KV-cache check runs in that precision too.
+Generation runs on ``generation_model(model, precision)``: bf16 weights and KV cache where the
+run trained in bf16 (the hardware computes it natively), and the KV-cache check runs in that
+precision too.
 """
 
 from __future__ import annotations

@@ -300,7 +300,7 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
         # both sides on this model in this process, alternated: a paired ratio per model
         "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
                                                   list(e.gen_new_tokens), e.gen_repeats, device),
-        "concurrent_jobs": _concurrent_jobs(cfg),
+        "concurrent_jobs": jobs_at_once(cfg),
     }
     if e.attention_maps:
         maps = model.attention_maps(val_actions[:1].to(device))
@@ -308,16 +308,6 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                              title=f"{_title(cfg)}: attention on one validation trajectory")
         runfolder.write_attention_maps(run_dir, [m[0] for m in maps], val_actions[0])
     return out
-
-
-def _concurrent_jobs(cfg) -> int:
-    """How many jobs this launcher runs at once (timings taken beside others share the CPU)."""
-    launcher = HydraConfig.get().launcher
-    target = str(launcher.get("_target_", ""))
-    if "joblib" in target:
-        n_jobs = launcher.get("n_jobs") or -1
-        return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
-    return int(cfg.train.concurrent_jobs)
 
 
 def _title(cfg) -> str:
@@ -470,20 +460,28 @@ def _stale(path: Path) -> bool:
         return False
 
 
-def thread_count(cfg) -> int:
-    """train.num_threads, else the cores divided among the jobs that run at the same time."""
-    if cfg.train.num_threads:
-        return cfg.train.num_threads
-    cores = os.cpu_count() or 1
+def jobs_at_once(cfg) -> int | None:
+    """How many jobs share this machine at once: joblib's ``n_jobs``, else
+    ``train.concurrent_jobs``; None under submitit (a cluster allocation, or every job at once
+    with submitit_local), where it is not known here."""
     launcher = HydraConfig.get().launcher
     target = str(launcher.get("_target_", ""))
     if "joblib" in target:
         n_jobs = launcher.get("n_jobs") or -1
-        n_jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
-        return max(1, cores // n_jobs)
+        return n_jobs if n_jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + n_jobs)
     if "submitit" in target:
+        return None
+    return int(cfg.train.concurrent_jobs)
+
+
+def thread_count(cfg) -> int:
+    """train.num_threads, else the cores divided among the jobs that run at the same time."""
+    if cfg.train.num_threads:
+        return cfg.train.num_threads
+    launcher = HydraConfig.get().launcher
+    if "submitit" in str(launcher.get("_target_", "")):
         return int(launcher.get("cpus_per_task") or 1)
-    return max(1, cores // cfg.train.concurrent_jobs)
+    return max(1, (os.cpu_count() or 1) // jobs_at_once(cfg))
 
 
 def pick_device(name: str) -> torch.device:
