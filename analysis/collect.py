@@ -185,9 +185,10 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
     return runs
 
 
-def load_metrics(sweep_dirs) -> pd.DataFrame:
+def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every logged record of every job; ``runs`` (``load_runs``'s frame) when already read."""
     frames = []
-    runs = load_runs(sweep_dirs)
+    runs = load_runs(sweep_dirs) if runs is None else runs
     for run in runs.itertuples():
         path = Path(run.path) / "metrics.jsonl"
         if not path.exists():

@@ -25,7 +25,7 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> P
     runs = load_runs(sweep_dirs)
     if runs.empty:
         raise ValueError(f"no job folders (with .hydra/) under {', '.join(map(str, sweep_dirs))}")
-    metrics, speed = load_metrics(sweep_dirs), load_speed(sweep_dirs)
+    metrics, speed = load_metrics(sweep_dirs, runs), load_speed(sweep_dirs)
     log(f"collected {len(runs)} jobs ({(runs['status'] == 'completed').sum()} completed)")
 
     made = {

@@ -223,3 +223,16 @@ def test_bf16_keeps_float32_master_weights_and_tracks_fp32(tmp_path, actions):
     assert all(p.dtype == torch.float32 for p in bf16_model.parameters())
     assert bf16.val_loss == pytest.approx(fp32.val_loss, abs=0.05)
     assert bf16.val_loss != fp32.val_loss  # the forward pass really ran in bf16
+
+
+def test_a_resumed_time_budget_keeps_its_horizon_reason_and_warmup_overrun(monkeypatch):
+    from vla_ablate import train as T
+
+    cfg = tcfg(steps=100, warmup_steps=10, max_minutes=1.0)
+    monkeypatch.setattr(T, "_clock", lambda: 1000.0)
+    budget = T.TimeBudget(cfg, elapsed_before=70.0, horizon=60, log=lambda m: None)
+    assert budget.end == 60 and budget.stopped_by == "train.max_minutes"
+    # the warmup had overrun the budget: the run goes on to its horizon instead of stopping
+    overrun = T.TimeBudget(cfg, elapsed_before=70.0, horizon=60, log=lambda m: None, hard=False)
+    assert not overrun.is_last(30) and overrun.is_last(60)
+    assert budget.is_last(30)  # a hard budget that is spent ends at once

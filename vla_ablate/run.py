@@ -218,7 +218,8 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
     log(f"precision {precision}: {why}")
     train_actions, val_actions, fresh = load_data(cfg)
     model_args = model_args_from_config(cfg)
-    key = model_key(cfg)
+    training = training_config(cfg)
+    key = model_key(cfg, training)
     shared = multirun and cfg.train.share_models
     train_dir = Path(HydraConfig.get().sweep.dir) / "models" / key if shared else run_dir
     log(f"job {run_dir} | pos={cfg.pos.name} mask={cfg.mask.name} cache="
@@ -251,7 +252,7 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
         "steps": result["steps"], "train_time_s": result["train_time_s"],
         "train_tokens_per_s": result.get("tokens_per_s"), "diverged_step": result["diverged_step"],
         "resumed_from": result.get("resumed_from"), "trained_here": trained_here,
-        "model_key": key, "training_config": training_config(cfg),
+        "model_key": key, "training_config": training,
         "model_dir": str(train_dir), "threads": threads, "device": str(device),
         "precision": precision,
     }
@@ -384,9 +385,11 @@ def training_config(cfg) -> dict:
     return parts
 
 
-def model_key(cfg) -> str:
-    """A readable, unique name for everything that determines a trained model."""
-    digest = hashlib.sha256(json.dumps(training_config(cfg), sort_keys=True).encode())
+def model_key(cfg, training: dict | None = None) -> str:
+    """A readable, unique name for everything that determines a trained model (``training``:
+    ``training_config(cfg)`` when the caller has it already)."""
+    training = training_config(cfg) if training is None else training
+    digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode())
     return f"{cfg.pos.name}-{cfg.mask.name}-seed{cfg.seed}-{digest.hexdigest()[:10]}"
 
 
