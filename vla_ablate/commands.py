@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import pickle
 import pickletools
 import sys
@@ -55,34 +56,24 @@ def run_command(main_fn, argv=None) -> int:
         return 2
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+def _number(cast, ok, expected: str, name: str):
+    """An argparse ``type``: ``cast(text)`` if ``ok`` holds for it, else one clear line."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got '{text}'")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "a positive integer", "positive_int")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0", "non_negative_int")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number", "positive_float")
 
 
 # ------------------------------------------------------------------------------ checkpoints
