@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-AXES = ["pos", "mask", "cache", "seed"]
+AXES = ["pos", "mask", "cache", "seed", "tokens"]
 
 
 def job_folders(sweep_dir) -> list[Path]:
@@ -57,7 +57,8 @@ def _axes_from_hydra(job: Path) -> dict:
         return {}
     cache = (cfg.get("cache") or {}).get("enabled")
     return {"pos": (cfg.get("pos") or {}).get("name"), "mask": (cfg.get("mask") or {}).get("name"),
-            "cache": None if cache is None else ("on" if cache else "off"), "seed": cfg.get("seed")}
+            "cache": None if cache is None else ("on" if cache else "off"), "seed": cfg.get("seed"),
+            "tokens": (cfg.get("tokens") or {}).get("name", "action")}
 
 
 def _overrides(job: Path) -> str:
@@ -88,10 +89,13 @@ def _training_config(job: Path, summary: dict) -> dict:
             config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
             config = {}
+        tokens = config.get("tokens") or {}
         config = {k: dict(config.get(k) or {}) for k in ("data", "model", "pos", "mask", "train")}
         for group, keys in _BOOKKEEPING.items():  # what run.py leaves out of a training config
             for key in keys:
                 config[group].pop(key, None)
+        if tokens.get("name", "action") != "action":  # run.py leaves tokens=action out
+            config["tokens"] = dict(tokens)
     pos = config.get("pos") or {}
     if pos.get("name") == "sinusoidal" and "amplitude" not in pos:
         config["pos"] = {**pos, "amplitude": 1.0}  # written before the matched amplitude
@@ -116,13 +120,14 @@ def _flatten(tree, prefix="") -> dict:
     return out
 
 
-def config_labels(configs: list[dict]) -> list[str]:
+def config_labels(configs: list[dict], leave_out=("pos.", "mask.")) -> list[str]:
     """A short label per training configuration: the keys that differ among ``configs``.
 
     The pos and mask groups are table axes of their own (see ``pos_labels``) and never part of
     this label; identical configurations share a label ("default" when nothing differs).
+    ``leave_out``: the key prefixes left out (the token-layout table also leaves ``tokens.``).
     """
-    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(("pos.", "mask."))}
+    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(leave_out)}
             for c in configs]
     return _differing(flat)
 
@@ -161,6 +166,11 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
                    "status": _status(summary),
                    **_axes_from_hydra(job), **{k: s[k] for k in AXES if k in s},
                    "overrides": _overrides(job)}
+            row["tokens"] = row.get("tokens") or "action"
+            # the action tokens' loss: the one figure comparable across token layouts (with
+            # tokens=action it is val_loss; runs from before the tokens group have only that)
+            row["val_action_loss"] = s.get("val_action_loss", s.get("val_loss")
+                                           if row["tokens"] == "action" else None)
             for key in ("val_loss", "val_perplexity", "train_loss", "best_val_loss", "steps",
                         "wall_time_s", "train_time_s", "train_tokens_per_s", "diverged_step",
                         "model_key", "trained_here", "num_parameters", "precision", "error"):
@@ -180,6 +190,9 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
     runs = pd.DataFrame(rows)
     if not runs.empty:
         runs.insert(3, "config", config_labels(configs))
+        # the configuration apart from the token layout: rows the tokens table pairs up
+        runs.insert(4, "config_without_tokens",
+                    config_labels(configs, leave_out=("pos.", "mask.", "tokens.")))
         labels = pos_labels(configs)  # jobs without a config keep the name from their summary
         runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
     return runs
@@ -221,7 +234,8 @@ def load_speed(sweep_dirs) -> pd.DataFrame:
                 rows.append({"job": job_name(sweep, job), "sweep": str(sweep),
                              "model_key": s.get("model_key"), "precision": kv.get("precision"),
                              "concurrent_jobs": kv.get("concurrent_jobs"),
-                             **{k: s.get(k) for k in AXES}, **r})
+                             **{k: s.get(k) for k in AXES}, "tokens": s.get("tokens", "action"),
+                             **r})
     return pd.DataFrame(rows)
 
 

@@ -161,6 +161,8 @@ def _audit_section(made) -> str:
 
 def _kv_section(made, image) -> str:
     kv = made.get("kv_cache")
+    if kv is not None and "tokens" in kv and (kv["tokens"] == "action").any():
+        kv = kv[kv["tokens"] == "action"].reset_index(drop=True)  # the course's decoding
     lines = ["## Mastery: KV-Caching", ""]
     if kv is None or kv.empty or "speedup_median" not in kv:
         return "\n".join(lines + ["_(no KV-cache measurements in this sweep: n/a)_", ""])

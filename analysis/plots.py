@@ -205,3 +205,33 @@ def position_shift(runs, path) -> Path | None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def token_layouts(runs, path) -> Path | None:
+    """Action-token validation loss by token layout: one dot per trained model (seed), the mean
+    with its 95% interval, and the noise floor ln 5 (causal mask)."""
+    if runs.empty or "val_action_loss" not in runs:
+        return None
+    done = runs[(runs["status"] == "completed") & (runs["mask"] == "causal")]
+    done = done.dropna(subset=["val_action_loss"])
+    done = done.drop_duplicates(subset=["model_key"]) if "model_key" in done else done
+    if done.empty:
+        return None
+    order = sorted(done["tokens"].unique(), key=lambda t: (t != "action", t))
+    several = done["pos"].nunique() > 1
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    sns.stripplot(data=done, x="tokens", y="val_action_loss", hue="pos", order=order,
+                  dodge=several, alpha=0.6, ax=ax)
+    sns.pointplot(data=done, x="tokens", y="val_action_loss", hue="pos", order=order,
+                  dodge=0.4 if several else False, errorbar=("ci", 95), markers="_",
+                  linestyles="none", capsize=0.1, ax=ax, legend=False)
+    ax.axhline(math.log(5), color="grey", ls=":", lw=1)
+    ax.text(0.99, math.log(5), " noise floor ln 5 = 1.609", transform=ax.get_yaxis_transform(),
+            ha="right", va="bottom", fontsize=8, color="grey")
+    ax.set(xlabel="token layout (tokens)", ylabel="action-token validation loss (nats)",
+           title="action NLL with and without state tokens (causal mask)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)

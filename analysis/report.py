@@ -1,4 +1,4 @@
-"""Build the report: the three tables (CSV + Markdown), the plots and report.md."""
+"""Build the report: the four tables (CSV + Markdown), the plots and report.md."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> P
         "positional": tables.positional(runs, metrics, target_loss),
         "mask_audit": tables.mask_audit(runs),
         "kv_cache": tables.kv_cache(runs, speed),
+        "tokens": tables.token_layouts(runs),
         "status": tables.status_table(runs),
     }
     runs.to_csv(out / "runs.csv", index=False)
@@ -46,6 +47,7 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> P
         "Attention maps, causal vs no mask": plots.attention_grid(runs, out / "attention_grid.png"),
         "Position shift": plots.position_shift(runs, out / "position_shift.png"),
         "KV-cache speed-up": plots.kv_speed(speed, out / "kv_cache_speed.png"),
+        "Action NLL by token layout": plots.token_layouts(runs, out / "tokens.png"),
     }
     text = _report_md(sweep_dirs, runs, made, figures, target_loss)
     (out / "report.md").write_text(text)
@@ -113,8 +115,18 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
         "model, in one process; a model's speed-up is the median over its pairs. The table "
         "gives, per batch size and number of new tokens, the median over models with a 95% "
         "percentile-bootstrap interval and the range. `timed_alone` is false where jobs ran "
-        "in parallel (their timings shared the CPU).",
+        "in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
+        "a step's action, generated after that step's state tokens from the data.",
         "", tables.to_markdown(made["kv_cache"]),
+        "## Token layouts: state tokens beside action tokens", "",
+        "`val_action_loss` is the validation loss of the action tokens a_1 .. a_{T-1} alone, "
+        "the one figure that means the same whether or not each step's state tokens precede "
+        "its action (`tokens=state_action`; with `tokens=action` it is the validation loss). "
+        "Causal mask; mean over seeds with its 95% Student-t interval; `above_noise_floor` is "
+        f"the distance to ln 5 = {tables.NOISE_FLOOR:.3f}, the entropy of the process's +-2 "
+        "token noise, below which no model can go; `diff_vs_action` is paired by seed within "
+        "the same configuration and encoding.", "",
+        tables.to_markdown(made["tokens"]),
     ]
     for title, path in figures.items():
         if path is not None:
@@ -183,7 +195,27 @@ def findings(made) -> list[str]:
                 f"(causal: {a.loc['causal', 'val_loss_teacher_forced']:.3f}); when each position "
                 f"sees only its prefix it is {honest:.3f}: {verdict} (leakage "
                 f"{a.loc['none', 'leakage']:.3g} vs {a.loc['causal', 'leakage']:.3g}).")
+    tok = made.get("tokens", pd.DataFrame())
+    for row in (tok[tok["tokens"] != "action"].itertuples() if not tok.empty else []):
+        where = "" if row.config == "default" else f", {row.config}"
+        d, ci = row.diff_vs_action, row.diff_vs_action_ci95
+        if not np.isfinite(d):
+            continue
+        verdict = ("larger than its 95% interval" if np.isfinite(ci) and abs(d) > ci else
+                   "within its 95% interval: not resolved" if np.isfinite(ci) else
+                   "from one seed, without an interval")
+        ref = tok[(tok["config"] == row.config) & (tok["pos"] == row.pos)
+                  & (tok["tokens"] == "action")]
+        base = float(ref["val_action_loss_mean"].iloc[0]) if len(ref) else math.nan
+        out.append(
+            f"State tokens ({row.tokens}, pos={row.pos}{where}) change the action tokens' "
+            f"validation loss by {_pm(d, ci)} nats over {int(row.pairs)} paired seed(s) "
+            f"({verdict}): {row.val_action_loss_mean:.4f} vs {base:.4f} with action tokens "
+            f"alone, {row.above_noise_floor:.4f} and {base - tables.NOISE_FLOOR:.4f} above the "
+            f"noise floor ln 5 = {tables.NOISE_FLOOR:.3f}.")
     kv = made["kv_cache"]
+    if "tokens" in kv and (kv["tokens"] == "action").any():  # the headline: action tokens
+        kv = kv[kv["tokens"] == "action"]
     if not kv.empty and kv["speedup_median"].notna().any():
         one = kv[kv["batch_size"] == kv["batch_size"].min()]
         row = one.loc[one["new_tokens"].idxmax()]  # the fixed cell: smallest batch, longest

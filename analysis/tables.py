@@ -1,4 +1,4 @@
-"""The three tables: positional encodings, the mask audit and the KV cache."""
+"""The four tables: positional encodings, the mask audit, the KV cache and the token layouts."""
 
 from __future__ import annotations
 
@@ -137,14 +137,17 @@ def median_ci(values, level=0.95, resamples=2000, seed=0) -> tuple[float, float,
 
 
 def kv_cache(runs, speed) -> pd.DataFrame:
-    """The KV cache's paired speed-up per (batch size, new tokens), across trained models.
+    """The KV cache's paired speed-up per (token layout, batch size, new tokens), across
+    trained models.
 
     Each job times cached and uncached generation alternately on its own model; a model's
     ratio is the median of its pairs (and of its jobs, when several evaluated it). The table
     gives the median ratio over models with a 95% bootstrap interval, the range, the median
-    tokens/s of each side, and how many causal runs decoded exactly like the full pass.
+    tokens/s of each side, and how many causal runs decoded exactly like the full pass. With
+    ``tokens=state_action`` a new token is a step's action, generated after its given state
+    tokens: a different workload, so its own rows.
     """
-    cols = ["batch_size", "new_tokens", "models", "speedup_median", "speedup_ci95_low",
+    cols = ["tokens", "batch_size", "new_tokens", "models", "speedup_median", "speedup_ci95_low",
             "speedup_ci95_high", "speedup_min", "speedup_max", "tokens_per_s_cache_on",
             "tokens_per_s_cache_off", "precision", "timed_alone", "cached_decode_matched"]
     if speed.empty:
@@ -153,19 +156,21 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     speed = speed.merge(ok[["sweep", "job"]], on=["sweep", "job"])
     if speed.empty:
         return pd.DataFrame(columns=cols)
-    speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]))
-    per_model = (speed.groupby(["batch_size", "new_tokens", "model"])
+    speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]),
+                         tokens=speed["tokens"].fillna("action") if "tokens" in speed else "action")
+    per_model = (speed.groupby(["tokens", "batch_size", "new_tokens", "model"])
                  .agg(speedup=("speedup", "median"), on=("tokens_per_s_cache_on", "median"),
                       off=("tokens_per_s_cache_off", "median"),
                       precision=("precision", lambda p: ",".join(sorted(set(map(str, p))))),
                       alone=("concurrent_jobs", lambda c: bool(c.notna().all() and (c <= 1).all())))
                  .reset_index())
-    causal = ok[ok["mask"] == "causal"]["kv_matches"].dropna()
-    matched = f"{int(causal.sum())}/{len(causal)} causal runs" if len(causal) else "n/a"
     rows = []
-    for (batch, new), cell in per_model.groupby(["batch_size", "new_tokens"], sort=True):
+    for (tokens, batch, new), cell in per_model.groupby(["tokens", "batch_size", "new_tokens"],
+                                                        sort=True):
+        causal = ok[(ok["mask"] == "causal") & (ok["tokens"] == tokens)]["kv_matches"].dropna()
+        matched = f"{int(causal.sum())}/{len(causal)} causal runs" if len(causal) else "n/a"
         med, lo, hi = median_ci(cell["speedup"])
-        rows.append({"batch_size": batch, "new_tokens": new, "models": len(cell),
+        rows.append({"tokens": tokens, "batch_size": batch, "new_tokens": new, "models": len(cell),
                      "speedup_median": med, "speedup_ci95_low": lo, "speedup_ci95_high": hi,
                      "speedup_min": cell["speedup"].min(), "speedup_max": cell["speedup"].max(),
                      "tokens_per_s_cache_on": cell["on"].median(),
@@ -175,11 +180,49 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+NOISE_FLOOR = math.log(5)  # the +-2 token noise: no model's action loss can go below ln 5
+
+
+def token_layouts(runs, reference="action") -> pd.DataFrame:
+    """Action-token validation loss by token layout (``tokens``), under the causal mask.
+
+    ``val_action_loss`` scores the action tokens a_1 .. a_{T-1} alone in every layout, so the
+    rows compare. One row per (configuration apart from the layout, pos, tokens): the mean over
+    seeds with its 95% Student-t interval, the distance to the noise floor ln 5, and the
+    difference to ``reference`` (action tokens alone) paired by seed within the same
+    configuration and encoding (``pairs``: seeds on both sides).
+    """
+    cols = ["config", "pos", "tokens", "seeds", "val_action_loss_mean", "val_action_loss_std",
+            "val_action_loss_ci95", "above_noise_floor", f"diff_vs_{reference}",
+            f"diff_vs_{reference}_ci95", "pairs"]
+    models = trained_models(runs)
+    if models.empty or "val_action_loss" not in models:
+        return pd.DataFrame(columns=cols)
+    models = models[(models["mask"] == "causal") & models["val_action_loss"].notna()]
+    key = "config_without_tokens" if "config_without_tokens" in models else "config"
+    rows = []
+    for (config, pos, tokens), group in models.groupby([key, "pos", "tokens"], sort=True):
+        own = _per_seed(group, "val_action_loss")
+        loss = mean_ci(own)
+        ref = models[(models[key] == config) & (models["pos"] == pos)
+                     & (models["tokens"] == reference)]
+        ref_loss = _per_seed(ref, "val_action_loss")
+        paired = own.index.intersection(ref_loss.index)
+        d = (mean_ci((own[paired] - ref_loss[paired]).tolist()) if tokens != reference
+             else (math.nan, math.nan, math.nan, math.nan))  # the reference itself
+        rows.append({"config": config, "pos": pos, "tokens": tokens, "seeds": loss[3],
+                     "val_action_loss_mean": loss[0], "val_action_loss_std": loss[1],
+                     "val_action_loss_ci95": loss[2], "above_noise_floor": loss[0] - NOISE_FLOOR,
+                     f"diff_vs_{reference}": d[0], f"diff_vs_{reference}_ci95": d[2],
+                     "pairs": d[3]})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def status_table(runs) -> pd.DataFrame:
     """Jobs that did not complete, with what is known of why."""
     bad = runs[runs["status"] != "completed"]
-    return bad[["job", "status", "config", "pos", "mask", "cache", "seed", "diverged_step",
-                "error", "path"]].reset_index(drop=True)
+    return bad[["job", "status", "config", "pos", "mask", "cache", "seed", "tokens",
+                "diverged_step", "error", "path"]].reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:

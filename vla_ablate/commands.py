@@ -23,6 +23,7 @@ import yaml
 from vla_ablate.data import (
     NUM_MAGNITUDE_BINS,
     TOKEN_NOISE,
+    VOCAB_SIZE,
     DataError,
     generate_dataset,
     load_dataset,
@@ -132,6 +133,11 @@ def load_checkpoint_file(path) -> dict:
             raise ValueError("not a vla-ablate checkpoint (no model_args or weights)")
     except ValueError as err:
         raise CommandError(f"{path}: {err}") from None
+    vocab = state["model_args"].get("vocab_size", VOCAB_SIZE)
+    if vocab != VOCAB_SIZE:  # these commands prompt and score action-token trajectories
+        raise CommandError(f"{path} was trained on state and action tokens (tokens=state_action, "
+                           f"vocabulary {vocab}); this command reads action-token models only "
+                           "(its run folder's summary.json holds the evaluations)")
     return {**state, "path": path}
 
 

@@ -55,6 +55,14 @@ class MaskConfig:
 
 
 @dataclass
+class TokensConfig:
+    name: str = "action"  # action | state_action (vla_ablate/tokens.py)
+    state: list[str] = field(default_factory=list)  # state values per step (state_action)
+    bins: int = 128  # quantisation bins per state value
+    loss: str = "all"  # the training objective: all tokens | action tokens only
+
+
+@dataclass
 class CacheConfig:
     enabled: bool = True
 
@@ -124,6 +132,7 @@ class Config:
     pos: PosConfig = field(default_factory=PosConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -230,17 +239,17 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"data.path does not exist or is not a file: {d.path}")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"data.path is not readable: {d.path}")
-    if e.enabled:
+    if e.enabled:  # in steps: a step is tokens-per-step positions (vla_ablate/tokens.py)
         longest = d.seq_length * max(e.extrapolation_factors, default=1)
         if longest > m.max_seq_len:
             raise ConfigError(
-                f"eval.extrapolation_factors need sequences of {longest} tokens, beyond "
+                f"eval.extrapolation_factors need trajectories of {longest} steps, beyond "
                 f"model.max_seq_len ({m.max_seq_len})"
             )
         shifted = d.seq_length + max(e.position_shifts, default=0) - 1
         if shifted > m.max_seq_len:
             raise ConfigError(
-                f"eval.position_shifts need positions up to {shifted - 1}, beyond "
+                f"eval.position_shifts need steps up to {shifted - 1}, beyond "
                 f"model.max_seq_len ({m.max_seq_len})"
             )
         if any(k < 0 for k in e.position_shifts):
@@ -248,7 +257,7 @@ def validate(cfg: Any) -> None:
         gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)
         if gen_len > m.max_seq_len:
             raise ConfigError(
-                f"eval.gen_prompt_len + eval.gen_new_tokens need {gen_len} positions, beyond "
+                f"eval.gen_prompt_len + eval.gen_new_tokens need {gen_len} steps, beyond "
                 f"model.max_seq_len ({m.max_seq_len})"
             )
         if not 1 <= e.gen_prompt_len <= d.seq_length:

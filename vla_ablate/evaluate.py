@@ -1,5 +1,12 @@
 """Per-run evaluations: mask audit, position shift, length extrapolation, KV cache.
 
+Every evaluation counts in steps and scores action tokens, so it means the same in both token
+layouts (``layout``, vla_ablate/tokens.py): with ``tokens=state_action`` a shift of k steps
+moves the sequence by k x tokens-per-step positions, losses are taken over the action tokens
+a_1 .. a_{T-1} alone, and generation is a rollout in which the states come from the data and
+the model generates each step's action token. With ``tokens=action`` nothing changes: every
+token is an action.
+
 Every loss here is computed in the run's training precision (``precision``: the same autocast
 as validation during training), so the two sides of each comparison are computed alike.
 Generation runs on ``generation_model(model, precision)``: bf16 weights and KV cache where the
@@ -19,6 +26,7 @@ import torch.nn.functional as F
 
 from vla_ablate.data import derived_seed, generate_dataset
 from vla_ablate.precision import DTYPES, autocast
+from vla_ablate.tokens import ACTION, TokenLayout
 from vla_ablate.train import mean_loss, token_losses
 
 NO_MASK_NOTE = (
@@ -31,59 +39,68 @@ LOGIT_TOLERANCE = {"fp32": 1e-3, "bf16": 0.25, "fp16": 0.05}
 
 
 @torch.no_grad()
-def prefix_only_loss(model, actions, device, precision="fp32") -> float:
+def prefix_only_loss(model, actions, device, precision="fp32", select=None) -> float:
     """Loss when position t sees only tokens 0..t: what autoregressive generation sees.
 
     Each prefix is run on its own, so a model that learned to read the future (no causal mask)
-    is scored honestly. For a causal model this equals the teacher-forced loss.
+    is scored honestly. For a causal model this equals the teacher-forced loss. ``select``
+    (T - 1,) bool: score only those targets (the action tokens of a state_action sequence).
     """
     model.eval()
     x = actions.to(device)
+    targets = [t for t in range(1, x.shape[1]) if select is None or select[t - 1]]
     total = 0.0
-    for t in range(1, x.shape[1]):
+    for t in targets:
         with autocast(precision, device):
             logits, _ = model(x[:, :t])
         total += F.cross_entropy(logits[:, -1].float(), x[:, t], reduction="sum").item()
-    return total / (x.shape[0] * (x.shape[1] - 1))
+    return total / (x.shape[0] * len(targets))
 
 
 @torch.no_grad()
-def leakage(model, actions, device, seed=0, precision="fp32") -> float:
-    """Largest change of any earlier position's logits when the later half's tokens change."""
+def leakage(model, actions, device, seed=0, precision="fp32", layout: TokenLayout = ACTION) -> float:
+    """Largest change of any earlier position's logits when the later half's steps change
+    (their tokens replaced by random ones)."""
     model.eval()
     x = actions.to(device)
-    half = x.shape[1] // 2
+    half = x.shape[1] // layout.per_step // 2 * layout.per_step
     gen = torch.Generator().manual_seed(seed)
     changed = x.clone()
-    changed[:, half:] = torch.randint(0, 256, changed[:, half:].shape, generator=gen).to(device)
+    changed[:, half:] = torch.randint(0, layout.vocab_size, changed[:, half:].shape,
+                                      generator=gen).to(device)
     with autocast(precision, device):
         a, _ = model(x)
         b, _ = model(changed)
     return (a[:, :half].float() - b[:, :half].float()).abs().max().item()
 
 
-def mask_audit(model, seen_actions, val_actions, device, n, precision="fp32") -> dict:
-    """Teacher-forced vs prefix-only loss, and leakage. Keys are the names used everywhere.
+def mask_audit(model, seen_actions, val_actions, device, n, precision="fp32",
+               layout: TokenLayout = ACTION) -> dict:
+    """Teacher-forced vs prefix-only loss of the action tokens, and leakage. Keys are the names
+    used everywhere.
 
     ``seen_actions`` are trajectories of the first training epoch (trained on once each when
     every epoch draws fresh trajectories, every epoch otherwise).
     """
     val = val_actions[:n]
-    tf_val = mean_loss(model, val, device, precision=precision)
-    honest = prefix_only_loss(model, val, device, precision)
+    select = layout.action_targets(val.shape[1])
+    tf_val = mean_loss(model, val, device, precision=precision, select=select)
+    honest = prefix_only_loss(model, val, device, precision, select)
     return {
         "seen_loss_teacher_forced": mean_loss(model, seen_actions[:n], device,
-                                              precision=precision),
+                                              precision=precision, select=select),
         "val_loss_teacher_forced": tf_val,
         "val_loss_prefix_only": honest,
         "cheating_gap": honest - tf_val,
-        "leakage": leakage(model, val, device, precision=precision),
+        "leakage": leakage(model, val, device, precision=precision, layout=layout),
     }
 
 
 @torch.no_grad()
-def position_shift(model, val_actions, shifts, device, precision="fp32") -> dict:
-    """Loss of the same validation trajectories placed at positions k..k+T-1 instead of 0..T-1.
+def position_shift(model, val_actions, shifts, device, precision="fp32",
+                   layout: TokenLayout = ACTION) -> dict:
+    """Loss of the same validation trajectories placed k steps later (positions k*P..) instead
+    of at 0 (P: tokens per step).
 
     The tokens, and so the data regime, are unchanged: only the positions the model sees move,
     which isolates positional generalisation from the drift of longer trajectories. An encoding
@@ -92,25 +109,34 @@ def position_shift(model, val_actions, shifts, device, precision="fp32") -> dict
     """
     model.eval()
     T = val_actions.shape[1]
+    select = layout.action_targets(T)
     out = {}
     for k in [0, *shifts]:
         total, count = 0.0, 0
-        positions = torch.arange(k, k + T - 1, device=device)
+        start = layout.positions(k)
+        positions = torch.arange(start, start + T - 1, device=device)
         for i in range(0, len(val_actions), 256):
             x = val_actions[i : i + 256].to(device)
             with autocast(precision, device):
                 hidden = model.hidden_states(x[:, :-1], positions)
                 logits = model.lm_head(hidden)
-            total += F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:],
-                                     reduction="sum").item()
-            count += x[:, 1:].numel()
+            if select is None:
+                total += F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:],
+                                         reduction="sum").item()
+                count += x[:, 1:].numel()
+            else:
+                losses = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:],
+                                         reduction="none")[:, select.to(device)]
+                total += losses.sum().item()
+                count += losses.numel()
         out[f"loss_shift_{k}"] = total / count
         if k:
             out[f"delta_shift_{k}"] = out[f"loss_shift_{k}"] - out["loss_shift_0"]
     return out
 
 
-def extrapolation(model, data_seed, seq_length, factors, n, device, precision="fp32") -> dict:
+def extrapolation(model, data_seed, seq_length, factors, n, device, precision="fp32",
+                  layout: TokenLayout = ACTION) -> dict:
     """Loss at positions never trained on, in fresh trajectories ``factor`` x the training length.
 
     Only the predictions of tokens seq_length..end are scored. They mix two effects: new
@@ -122,13 +148,22 @@ def extrapolation(model, data_seed, seq_length, factors, n, device, precision="f
     out = {}
     for factor in [1, *factors]:
         length = seq_length * factor
-        actions = generate_dataset(n, length, derived_seed(data_seed, "extrapolation", factor),
-                                   progress=False)["actions"]
-        losses = token_losses(model, actions, device, precision=precision)  # (n, length - 1)
+        data = generate_dataset(n, length, derived_seed(data_seed, "extrapolation", factor),
+                                progress=False)
+        seqs = layout.sequences(data["states"], data["actions"])
+        losses = token_losses(model, seqs, device, precision=precision)  # (n, L - 1)
+        select = layout.action_targets(seqs.shape[1])
+        if select is None:
+            if factor == 1:
+                out["loss_1x"] = losses.mean().item()
+            else:  # predictions of tokens seq_length..end: positions never trained on
+                out[f"loss_{factor}x_beyond"] = losses[:, seq_length - 1 :].mean().item()
+            continue
         if factor == 1:
-            out["loss_1x"] = losses.mean().item()
-        else:  # predictions of tokens seq_length..end: positions never trained on
-            out[f"loss_{factor}x_beyond"] = losses[:, seq_length - 1 :].mean().item()
+            out["loss_1x"] = losses[:, select].mean().item()
+        else:  # the action tokens of steps seq_length..end
+            beyond = select & (torch.arange(1, seqs.shape[1]) >= layout.positions(seq_length))
+            out[f"loss_{factor}x_beyond"] = losses[:, beyond].mean().item()
     return out
 
 
@@ -146,16 +181,17 @@ def generation_model(model, precision, compile_decode=False):
 
 
 @torch.no_grad()
-def kv_cache_consistency(model, prompts, new_tokens, device) -> dict:
+def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict:
     """Do cached logits equal the full pass step by step, and do greedy decodes agree?
 
     Runs in the model's own dtype (the generation precision); the tolerance follows it.
+    ``given`` (B, new_tokens, k): a rollout, each step's k state tokens from the data.
     """
     model.eval()
     precision = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
     x = prompts.to(device)
-    greedy_cached = model.generate(x, new_tokens, top_k=1, use_cache=True)
-    greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False)
+    greedy_cached = model.generate(x, new_tokens, top_k=1, use_cache=True, given=given)
+    greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False, given=given)
     full, _ = model(greedy_plain)
     T0 = x.shape[1]
     model.setup_cache(x.shape[0], greedy_plain.shape[1])
@@ -177,27 +213,36 @@ def kv_cache_consistency(model, prompts, new_tokens, device) -> dict:
     return result
 
 
-def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, device) -> list:
+def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, device,
+                            given=None) -> list:
     """Cached vs uncached greedy generation, alternated on the same model in this process.
 
     For each batch size and length: a warm-up of both sides, then ``repeats`` pairs whose order
     alternates (on-off, off-on, ...) so that drift of the machine's speed hits both sides alike.
-    ``speedup`` is the median over pairs of (uncached time / cached time).
+    ``speedup`` is the median over pairs of (uncached time / cached time). ``given``
+    (len(prompts), max(new_tokens), k): a rollout of that many steps, each step's k state tokens
+    from the data; new tokens are then generated actions (one per step).
     """
     model.eval()
     rows = []
     for batch in batch_sizes:
         reps = -(-batch // len(prompts))
         x = prompts.repeat(reps, 1)[:batch].to(device)
+        g = None if given is None else given.repeat(reps, 1, 1)[:batch].to(device)
+
+        def run(n, use_cache, x=x, g=g):
+            model.generate(x, n, top_k=1, use_cache=use_cache,
+                           given=None if g is None else g[:, :n])
+
         for use_cache in (True, False):  # warm-up: allocations, kernels, caches
-            model.generate(x, min(4, max(new_tokens)), top_k=1, use_cache=use_cache)
+            run(min(4, max(new_tokens)), use_cache)
         for n in new_tokens:
             times = {True: [], False: []}
             for r in range(repeats):
                 for use_cache in ((True, False) if r % 2 == 0 else (False, True)):
                     _sync(device)
                     t = time.perf_counter()
-                    model.generate(x, n, top_k=1, use_cache=use_cache)
+                    run(n, use_cache)
                     _sync(device)
                     times[use_cache].append(time.perf_counter() - t)
             ratios = [off / on for on, off in zip(times[True], times[False])]

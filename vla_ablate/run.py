@@ -50,6 +50,7 @@ from vla_ablate.runfolder import (
     running_summary,
     write_summary,
 )
+from vla_ablate.tokens import TokenLayout, layout_from_config
 from vla_ablate.train import (
     BatchSource,
     TrainingInterrupted,
@@ -65,7 +66,7 @@ ARGV_ENV = "VLA_ABLATE_ARGV"  # the command line, for the resume hint in worker 
 
 # Keys that change how a model is trained; everything else (cache, logger, eval) is inference
 # or bookkeeping, so jobs differing only there share one trained model.
-_TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "train")
+_TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "tokens", "train")
 _NOT_TRAINING = {"data": ("cache_dir",), "model": (),
                  "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
                            "compile", "checkpoint_minutes")}
@@ -84,8 +85,10 @@ def error(message: str) -> None:
 
 
 def axes_of(cfg) -> dict:
+    tokens = cfg.get("tokens")
     return {"pos": cfg.pos.name, "mask": cfg.mask.name,
-            "cache": "on" if cfg.cache.enabled else "off", "seed": int(cfg.seed)}
+            "cache": "on" if cfg.cache.enabled else "off", "seed": int(cfg.seed),
+            "tokens": "action" if tokens is None else str(tokens.name)}
 
 
 def run_job(cfg) -> dict:
@@ -197,8 +200,9 @@ def make_logger(cfg, run_dir, hc, axes) -> Logger:
 
 
 def run_name(axes: dict) -> str:
-    """A run's name from its axes, e.g. ``rope-causal-on-s1``."""
-    return f"{axes['pos']}-{axes['mask']}-{axes['cache']}-s{axes['seed']}"
+    """A run's name from its axes, e.g. ``rope-causal-on-s1`` (``...-s1-state_action``)."""
+    name = f"{axes['pos']}-{axes['mask']}-{axes['cache']}-s{axes['seed']}"
+    return name if axes.get("tokens", "action") == "action" else f"{name}-{axes['tokens']}"
 
 
 def _sweep_id(hc) -> str:
@@ -216,7 +220,12 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     log(f"precision {precision}: {why}")
-    train_actions, val_actions, fresh = load_data(cfg)
+    layout = layout_from_config(cfg)
+    if layout.name != "action":
+        log(f"tokens={layout.name}: each step is {', '.join(layout.state)} in {layout.bins} bins "
+            f"each, then its action ({layout.per_step} tokens per step, vocabulary "
+            f"{layout.vocab_size}); training loss over {layout.loss} tokens")
+    train_actions, val_actions, fresh = load_data(cfg, layout)
     model_args = model_args_from_config(cfg)
     training = training_config(cfg)
     key = model_key(cfg, training)
@@ -235,7 +244,7 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
             batches = BatchSource(train_actions, cfg.train.batch_size, cfg.seed, fresh)
             result = train(model, model_args, batches, val_actions, cfg.train, train_dir, device,
                            cfg.seed, on_record=logger.log_metrics, log=log,
-                           precision=precision).as_dict()
+                           precision=precision, layout=layout).as_dict()
         else:
             result = json.loads(done.read_text())
             log(f"model {key} already trained in {train_dir} ({result['status']}); reusing it")
@@ -248,6 +257,9 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
     summary = {
         "status": result["status"], **axes_of(cfg), "axes": axes_of(cfg),
         "val_loss": result["val_loss"], "val_perplexity": evaluate.perplexity(result["val_loss"]),
+        # the one figure comparable across token layouts: the action tokens a_1..a_{T-1} alone
+        "val_action_loss": (result["val_loss"] if layout.name == "action"
+                            else result.get("val_action_loss")),
         "train_loss": result["train_loss"], "best_val_loss": result["best_val_loss"],
         "steps": result["steps"], "train_time_s": result["train_time_s"],
         "train_tokens_per_s": result.get("tokens_per_s"), "diverged_step": result["diverged_step"],
@@ -267,7 +279,7 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
         model.to(device).eval()
         summary["num_parameters"] = model.num_parameters()
         summary.update(run_evaluations(cfg, model, train_actions, val_actions, device, run_dir,
-                                       precision))
+                                       precision, layout))
         logger.log_images({"loss_curve": run_dir / "loss_curve.png",
                            "attention_maps": run_dir / "attention_maps.png"})
     summary["wall_time_s"] = time.time() - t_start
@@ -279,28 +291,35 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
     return summary
 
 
-def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, precision) -> dict:
+def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, precision,
+                    layout: TokenLayout) -> dict:
+    """The per-run evaluations, counted in steps and scored on action tokens in every layout."""
     e = cfg.eval
     log(f"evaluating in {precision}: mask audit, position shift, extrapolation, KV cache")
     out = {
         "mask_audit": evaluate.mask_audit(model, seen_actions, val_actions, device,
-                                          e.audit_trajectories, precision),
+                                          e.audit_trajectories, precision, layout),
         "position_shift": evaluate.position_shift(model, val_actions[: e.shift_trajectories],
-                                                  list(e.position_shifts), device, precision),
+                                                  list(e.position_shifts), device, precision,
+                                                  layout),
         "extrapolation": evaluate.extrapolation(model, cfg.data.seed, cfg.data.seq_length,
                                                 list(e.extrapolation_factors),
-                                                e.extrapolation_trajectories, device, precision),
+                                                e.extrapolation_trajectories, device, precision,
+                                                layout),
     }
     gen_model = evaluate.generation_model(model, precision,
                                           compile_decode=use_compile(cfg.train.compile, device))
-    prompts = val_actions[:8, : e.gen_prompt_len]
-    new = min(20, cfg.model.max_seq_len - e.gen_prompt_len)
+    new = min(20, cfg.model.max_seq_len - e.gen_prompt_len)  # steps checked for consistency
+    prompts, given = rollout_inputs(cfg, layout, val_actions, new)
+    first = None if given is None else given[:4, :new]
     out["kv_cache"] = {
-        "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device),
+        "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
+                                                     given=first),
         "precision": precision,
         # both sides on this model in this process, alternated: a paired ratio per model
         "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
-                                                  list(e.gen_new_tokens), e.gen_repeats, device),
+                                                  list(e.gen_new_tokens), e.gen_repeats, device,
+                                                  given=given),
         "concurrent_jobs": jobs_at_once(cfg),
     }
     if e.attention_maps:
@@ -311,12 +330,33 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
     return out
 
 
+def rollout_inputs(cfg, layout: TokenLayout, val_seqs, new: int):
+    """(prompts, given) for the KV-cache evaluations: 8 prompts of ``eval.gen_prompt_len``
+    steps and, for a state_action layout, the state tokens of every step to generate.
+
+    Action tokens alone: the validation trajectories' first steps, nothing given. With state
+    tokens the rollout needs the states of every generated step, so it runs on fresh
+    trajectories of the process long enough for the longest generation.
+    """
+    e = cfg.eval
+    if layout.name == "action":
+        return val_seqs[:8, : e.gen_prompt_len], None
+    steps = e.gen_prompt_len + max(*e.gen_new_tokens, new)
+    data = generate_dataset(8, steps, derived_seed(cfg.data.seed, "rollout"), progress=False)
+    seqs = layout.sequences(data["states"], data["actions"])
+    return (seqs[:, : layout.positions(e.gen_prompt_len)],
+            layout.given(data["states"])[:, e.gen_prompt_len :])
+
+
 def _title(cfg) -> str:
     return f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
 
 
-def load_data(cfg):
-    """(first-epoch training actions, validation actions, epoch -> actions callable or None).
+def load_data(cfg, layout: TokenLayout | None = None):
+    """(first-epoch training sequences, validation sequences, epoch -> sequences or None).
+
+    The sequences are the token layout's (``tokens``): the action tokens themselves with
+    ``tokens=action``, each step's state tokens and action with ``tokens=state_action``.
 
     Validation is always the fixed split of the dataset (``data.seed`` or ``data.path``), so
     every seed of a study is scored on the same trajectories. Generated training trajectories
@@ -332,11 +372,12 @@ def load_data(cfg):
             raise ConfigError(str(err)) from None
         n, length = data["actions"].shape
         if length < 2 or length > cfg.model.max_seq_len:
-            raise ConfigError(f"{d.path} holds sequences of {length} tokens; need 2..model.max_seq_len")
+            raise ConfigError(f"{d.path} holds trajectories of {length} steps; need "
+                              f"2..model.max_seq_len ({cfg.model.max_seq_len})")
         shifted = length + max(cfg.eval.position_shifts, default=0) - 1
         if cfg.eval.enabled and shifted > cfg.model.max_seq_len:
-            raise ConfigError(f"{d.path} holds sequences of {length} tokens: eval.position_shifts "
-                              f"need positions up to {shifted - 1}, beyond model.max_seq_len "
+            raise ConfigError(f"{d.path} holds trajectories of {length} steps: eval.position_shifts "
+                              f"need steps up to {shifted - 1}, beyond model.max_seq_len "
                               f"({cfg.model.max_seq_len})")
         log(f"loaded {n} trajectories of {length} steps from {d.path} "
             "(data.num_trajectories and data.seq_length do not apply)")
@@ -349,20 +390,22 @@ def load_data(cfg):
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_batch_fits(cfg.train.batch_size, len(train_idx))
-    actions = data["actions"]
+    layout = layout_from_config(cfg) if layout is None else layout
+    seqs = layout.sequences(data["states"], data["actions"])
     if d.path is not None:
         if d.fresh_per_epoch or d.vary_with_seed:
             log(f"training on the {len(train_idx)} trajectories of {d.path} in every epoch "
                 "(data.fresh_per_epoch and data.vary_with_seed apply to generated data only)")
-        return actions[train_idx], actions[val_idx], None
+        return seqs[train_idx], seqs[val_idx], None
 
     def draw(epoch):
         seed = (derived_seed(d.seed, "train", int(cfg.seed), epoch) if d.vary_with_seed
                 else derived_seed(d.seed, "train-epoch", epoch))
-        return generate_dataset(len(train_idx), actions.shape[1], seed, progress=False)["actions"]
+        fresh = generate_dataset(len(train_idx), data["actions"].shape[1], seed, progress=False)
+        return layout.sequences(fresh["states"], fresh["actions"])
 
-    first = draw(0) if d.vary_with_seed else actions[train_idx]
-    return first, actions[val_idx], draw if d.fresh_per_epoch else None
+    first = draw(0) if d.vary_with_seed else seqs[train_idx]
+    return first, seqs[val_idx], draw if d.fresh_per_epoch else None
 
 
 def training_config(cfg) -> dict:
@@ -373,6 +416,12 @@ def training_config(cfg) -> dict:
     """
     parts = {}
     for key in _TRAINING_KEYS:
+        if key == "tokens":
+            # left out for tokens=action: the sequence every model before the tokens group was
+            # trained on, so their folders and model keys stay valid
+            if cfg.get("tokens") is not None and cfg.tokens.name != "action":
+                parts[key] = OmegaConf.to_container(cfg.tokens, resolve=True)
+            continue
         value = OmegaConf.to_container(cfg[key], resolve=True) if key != "seed" else cfg.seed
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _NOT_TRAINING.get(key, ())}

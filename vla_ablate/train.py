@@ -24,6 +24,7 @@ from vla_ablate.fileio import atomic_torch_save, write_json
 from vla_ablate.optim import make_optimizer
 from vla_ablate.precision import autocast
 from vla_ablate.runfolder import MetricsFile
+from vla_ablate.tokens import ACTION, TokenLayout
 
 CHECKPOINT_FORMAT = "vla-ablate-checkpoint"
 # 2: linear layers store their matrices as (in, out) (vla_ablate/model/linear.py)
@@ -49,6 +50,7 @@ class TrainResult:
     resumed_from: int | None = None
     tokens_per_s: float | None = None
     stopped_by: str | None = None  # "train.max_minutes" when the time budget ended training
+    val_action_loss: float | None = None  # the action tokens alone (= val_loss, tokens=action)
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -115,9 +117,27 @@ def token_losses(model, actions: torch.Tensor, device, batch_size: int = 256,
 
 
 def mean_loss(model, actions: torch.Tensor, device, batch_size: int = 256,
-              precision: str = "fp32") -> float:
-    """Teacher-forced mean cross-entropy (nats per token) over all sequences in ``actions``."""
-    return token_losses(model, actions, device, batch_size, precision).mean().item()
+              precision: str = "fp32", select: torch.Tensor | None = None) -> float:
+    """Teacher-forced mean cross-entropy (nats per token) over all sequences in ``actions``;
+    ``select`` (T - 1,) bool: only those targets (e.g. ``TokenLayout.action_targets``)."""
+    return masked_mean(token_losses(model, actions, device, batch_size, precision), select)
+
+
+def masked_mean(losses: torch.Tensor, select: torch.Tensor | None) -> float:
+    """The mean of per-target losses (N, T - 1), over the targets ``select`` (None: all)."""
+    return (losses if select is None else losses[:, select]).mean().item()
+
+
+def validation_losses(model, seqs: torch.Tensor, device, layout: TokenLayout = ACTION,
+                      precision: str = "fp32") -> tuple[float, float]:
+    """(the training objective's loss, the action tokens' loss) on ``seqs``, from one pass.
+
+    With ``tokens=action`` both are the same number: every target is an action token."""
+    losses = token_losses(model, seqs, device, precision=precision)
+    objective = masked_mean(losses, layout.objective_targets(seqs.shape[1]))
+    if layout.name == "action":
+        return objective, objective
+    return objective, masked_mean(losses, layout.action_targets(seqs.shape[1]))
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -309,11 +329,14 @@ def stop_on_signals():
 
 
 def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir, device,
-          seed: int, on_record=None, log=print, precision: str = "fp32") -> TrainResult:
+          seed: int, on_record=None, log=print, precision: str = "fp32",
+          layout: TokenLayout = ACTION) -> TrainResult:
     """Train ``model`` in ``train_dir`` (checkpoints/ and metrics.jsonl), resuming if possible.
 
     ``precision`` (``fp32``, ``bf16`` or ``fp16``, see vla_ablate/precision.py) is the forward
-    pass's compute dtype; weights, gradients and optimiser state stay float32.
+    pass's compute dtype; weights, gradients and optimiser state stay float32. ``layout`` (the
+    ``tokens`` group) says which targets the loss covers; with ``tokens=state_action`` the
+    validation records carry ``action_loss`` (the action tokens alone) beside ``loss``.
     """
     train_dir = Path(train_dir)
     ckpts = Checkpoints(train_dir / "checkpoints", tcfg.keep_checkpoints, log=log)
@@ -366,6 +389,8 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
 
     tokens_per_step = tcfg.batch_size * (batches.actions.shape[1] - 1)
     last_train_loss, last_val, window_loss, window_steps = None, None, 0.0, 0
+    last_val_action = None
+    by_action = layout.name != "action"  # the records carry the action tokens' loss too
     t0 = time.perf_counter()
     window_t0 = t0
     progress = _progress_bar(start, tcfg) if tcfg.progress else None
@@ -383,7 +408,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 group["lr"] = lr
             x = batches.batch(step).to(device)
             with autocast(precision, device):
-                _, loss = step_fn(x[:, :-1], x[:, 1:])
+                _, loss = step_fn(x[:, :-1], layout.train_targets(x))
             loss_value = loss.item()
             grad_norm = None
             if math.isfinite(loss_value):
@@ -400,7 +425,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 result = TrainResult("diverged", step, last_train_loss, last_val,
                                      None if best_val == math.inf else best_val,
                                      elapsed_before + time.perf_counter() - t0, diverged_step=step + 1,
-                                     resumed_from=resumed_from)
+                                     resumed_from=resumed_from, val_action_loss=last_val_action)
                 write_json(train_dir / "train_done.json", result.as_dict())
                 return result
             scaler.step(optimizer)
@@ -424,15 +449,18 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             if tcfg.subset_eval_every and s % tcfg.subset_eval_every == 0:
                 # a fixed slice of the validation set, often: the step a loss is reached
                 # resolved to subset_eval_every steps at a few percent of the training time
-                subset = mean_loss(model, val_actions[: tcfg.subset_eval_size], device,
-                                   precision=precision)
+                subset, subset_action = validation_losses(
+                    model, val_actions[: tcfg.subset_eval_size], device, layout, precision)
                 emit({"step": s, "split": "val_subset", "loss": subset,
                       "perplexity": math.exp(min(subset, 50)),
+                      **({"action_loss": subset_action} if by_action else {}),
                       "elapsed_s": elapsed_before + time.perf_counter() - t0})
             if s % tcfg.eval_every == 0 or last:
-                last_val = mean_loss(model, val_actions, device, precision=precision)
+                last_val, last_val_action = validation_losses(model, val_actions, device, layout,
+                                                              precision)
                 emit({"step": s, "split": "val", "loss": last_val,
                       "perplexity": math.exp(min(last_val, 50)),
+                      **({"action_loss": last_val_action} if by_action else {}),
                       "elapsed_s": elapsed_before + time.perf_counter() - t0})
                 if progress:
                     progress.write(f"step {s}: val loss {last_val:.4f}")
@@ -458,7 +486,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
         "completed", s, last_train_loss, last_val, best_val, elapsed,
         resumed_from=resumed_from,
         tokens_per_s=tokens_per_step * done_steps / max(time.perf_counter() - t0, 1e-9),
-        stopped_by=budget.stopped_by,
+        stopped_by=budget.stopped_by, val_action_loss=last_val_action,
     )
     write_json(train_dir / "train_done.json", result.as_dict())
     return result

@@ -5,12 +5,14 @@ from __future__ import annotations
 from vla_ablate.model.attention import ATTN_IMPLS
 from vla_ablate.model.positions import POSITIONAL_ENCODINGS
 from vla_ablate.model.transformer import DecoderOnlyTransformer
-
-VOCAB_SIZE = 256
+from vla_ablate.tokens import layout_from_config
 
 
 def model_args_from_config(cfg) -> dict:
     """The constructor arguments of ``DecoderOnlyTransformer`` for a composed config.
+
+    ``model.max_seq_len`` counts steps: the model holds that many steps of the token layout
+    (``tokens``), so ``max_seq_len`` x tokens per step positions.
 
     Raises ``ValueError`` with one clear sentence for a combination that cannot be built.
     """
@@ -30,9 +32,11 @@ def model_args_from_config(cfg) -> dict:
         raise ValueError(f"pos.amplitude applies to pos=sinusoidal only, not pos={cfg.pos.name}")
     if amplitude is not None and amplitude <= 0:
         raise ValueError(f"pos.amplitude must be > 0, got {amplitude}")
+    layout = layout_from_config(cfg)  # the vocabulary and the positions a step takes
     return dict(
-        vocab_size=VOCAB_SIZE, dim=m.dim, num_layers=m.num_layers, num_heads=m.num_heads,
-        ff_hidden_dim=m.ff_hidden_dim, max_seq_len=m.max_seq_len, dropout=m.dropout,
+        vocab_size=layout.vocab_size, dim=m.dim, num_layers=m.num_layers, num_heads=m.num_heads,
+        ff_hidden_dim=m.ff_hidden_dim, max_seq_len=layout.positions(m.max_seq_len),
+        dropout=m.dropout,
         pos=cfg.pos.name, causal=cfg.mask.name == "causal", use_cache=bool(cfg.cache.enabled),
         attn_impl=m.attn_impl, pos_base=float(cfg.pos.base),
         pos_amplitude=None if amplitude is None else float(amplitude),

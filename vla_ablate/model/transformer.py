@@ -1,4 +1,4 @@
-"""The decoder-only Transformer over action tokens, with cached and uncached generation."""
+"""The decoder-only Transformer over action (and state) tokens, with cached and uncached generation."""
 
 from __future__ import annotations
 
@@ -161,37 +161,49 @@ class DecoderOnlyTransformer(nn.Module):
     # ------------------------------------------------------------------ generation
 
     @torch.inference_mode()
-    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, use_cache=None):
+    def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, use_cache=None,
+                 given=None):
         """Append ``max_new_tokens`` sampled tokens to ``input_ids`` (B, T0); returns (B, T0+n).
 
         ``top_k=1`` is greedy. ``use_cache=None`` takes the model's setting. The cached path
-        prefills the prompt once and then feeds one token per step at its absolute position;
-        the uncached path reruns the whole sequence every step. Both see the same context.
+        prefills the prompt once and then feeds only the new tokens at their absolute
+        positions; the uncached path reruns the whole sequence every step. Both see the same
+        context.
+
+        ``given`` (B, n, k) makes it a rollout of n steps (``max_new_tokens`` = n): each step
+        is k given tokens (a state from the data) followed by one sampled token (its action),
+        so the result is (B, T0 + n * (k + 1)).
         """
         use_cache = self.use_cache if use_cache is None else use_cache
         B, T0 = input_ids.shape
-        if T0 + max_new_tokens > self.max_seq_len:
-            raise ValueError(
-                f"prompt ({T0}) + max_new_tokens ({max_new_tokens}) exceeds "
-                f"max_seq_len={self.max_seq_len}"
-            )
+        k = 0 if given is None else given.shape[-1]
+        if given is not None and tuple(given.shape[:2]) != (B, max_new_tokens):
+            raise ValueError(f"given has shape {tuple(given.shape)}; expected ({B}, "
+                             f"{max_new_tokens}, k): k tokens for each of the steps")
+        total = T0 + max_new_tokens * (k + 1)
+        if total > self.max_seq_len:
+            raise ValueError(f"prompt ({T0}) + {max_new_tokens} new steps of {k + 1} token(s) "
+                             f"exceeds max_seq_len={self.max_seq_len}")
         was_training = self.training
         self.eval()
-        out = torch.empty(B, T0 + max_new_tokens, dtype=input_ids.dtype, device=input_ids.device)
+        out = torch.empty(B, total, dtype=input_ids.dtype, device=input_ids.device)
         out[:, :T0] = input_ids
+        if k:
+            out[:, T0:].unflatten(1, (max_new_tokens, k + 1))[..., :k] = given.to(out.device)
+        slots = range(T0 + k, total, k + 1)  # where the sampled tokens go
         try:
             if use_cache:
-                self.setup_cache(B, T0 + max_new_tokens)
-                positions = torch.arange(T0 + max_new_tokens, device=input_ids.device)
-                hidden = self.hidden_states(input_ids, positions[:T0])
-                for t in range(T0, T0 + max_new_tokens):
-                    out[:, t] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
-                    if t + 1 < T0 + max_new_tokens:
-                        hidden = self.hidden_states(out[:, t : t + 1], positions[t : t + 1])
+                self.setup_cache(B, total)
+                positions = torch.arange(total, device=input_ids.device)
+                fed = 0  # tokens already in the cache: feed only what came since
+                for slot in slots:
+                    hidden = self.hidden_states(out[:, fed:slot], positions[fed:slot])
+                    out[:, slot] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
+                    fed = slot
             else:
-                for t in range(T0, T0 + max_new_tokens):
-                    hidden = self.hidden_states(out[:, :t])
-                    out[:, t] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
+                for slot in slots:
+                    hidden = self.hidden_states(out[:, :slot])
+                    out[:, slot] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
         finally:
             self.clear_cache()
             self.train(was_training)
