@@ -131,10 +131,35 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
     for title, path in figures.items():
         if path is not None:
             parts += [f"### {title}", "", f"![{title}]({path.name})", ""]
+    parts += ["## Cost", "", *cost(runs), ""]
     parts += ["## Jobs that did not complete", ""]
     status = made["status"]
     parts.append(tables.to_markdown(status) if not status.empty else "All jobs completed.\n")
     return "\n".join(parts)
+
+
+def cost(runs) -> list[str]:
+    """The wall time of every job and in all, from the jobs' own summaries."""
+    if "wall_time_s" not in runs or runs["wall_time_s"].isna().all():
+        return ["No job recorded its wall time."]
+    cols = [c for c in ("job", "status", "trained_here", "train_time_s", "wall_time_s",
+                        "precision") if c in runs]
+    table = runs[cols].copy()
+    wall = pd.to_numeric(table["wall_time_s"], errors="coerce")
+    train = pd.to_numeric(table.get("train_time_s"), errors="coerce")
+    trained = (table["trained_here"].fillna(False).astype(bool) if "trained_here" in table
+               else pd.Series(False, index=table.index))
+    total, training = wall.sum(), train[trained].sum()
+    return [f"{len(table)} jobs took {_hours(total)} of wall time in all (the sum of their own "
+            f"times: one after the other, as the basic launcher runs them), of which "
+            f"{_hours(training)} trained {int(trained.sum())} model(s) and the rest evaluated "
+            "them; jobs that reused a model trained by an earlier job only evaluated it.", "",
+            tables.to_markdown(table, digits=1)]
+
+
+def _hours(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
 def findings(made) -> list[str]:

@@ -137,6 +137,26 @@ def test_ablation_preset_runs_as_a_sweep_without_m(tmp_path):
     assert not (tmp_path / "outputs" / "runs").exists()  # not one default single run
 
 
+def test_rerunning_a_sweep_completes_only_what_is_missing(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["+experiment=ablation", *SMOKE, "hydra.sweeper.params.pos=rope",
+            "hydra.sweeper.params.mask=causal", "hydra.sweeper.params.seed='1,2'",
+            f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"]
+    run_cli(args, cwd=tmp_path)
+    jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert len(jobs) == 4
+    before = {job: (job / "summary.json").read_bytes() for job in jobs}
+    missing = jobs[0]
+    (missing / "summary.json").unlink()  # as if the study had stopped before this job
+    again = run_cli(args, cwd=tmp_path)
+    assert again.stderr.count("completed before") == 3
+    assert "training model" not in again.stderr  # its model was trained already
+    for job in jobs[1:]:
+        assert (job / "summary.json").read_bytes() == before[job]  # untouched
+    redone = json.loads((missing / "summary.json").read_text())
+    assert redone["status"] == "completed" and redone["trained_here"] is False
+
+
 def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli([*SMOKE, "logger=wandb", "mask=none", f"hydra.run.dir={run_dir}",

@@ -104,6 +104,8 @@ def run_job(cfg) -> dict:
         bind_folder(run_dir, training_config(cfg))
     except ConfigError as err:
         return refuse(run_dir, axes, err, multirun)
+    if multirun and (done := completed_before(run_dir)) is not None:
+        return done
     stamp = {"launch_id": os.environ.get(LAUNCH_ENV), **code_version()}
     write_summary(run_dir, {**running_summary(axes), **stamp})
     t0 = time.time()
@@ -145,6 +147,22 @@ def run_job(cfg) -> dict:
         sys.exit(128 + signum)  # stops a sweep too; the checkpoint is saved
     if code and not multirun:
         sys.exit(code)
+    return summary
+
+
+def completed_before(run_dir: Path) -> dict | None:
+    """A sweep job whose folder already holds a completed run: its summary, so that re-running a
+    sweep command on its folder completes only what is missing (a single run in a folder is
+    re-evaluated instead, see README). The folder is bound to the same training config
+    (``bind_folder`` checked it), and its name holds the job's overrides."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if summary.get("status") != "completed":
+        return None
+    log(f"job {run_dir} completed before (commit {summary.get('git_commit') or 'unknown'}); "
+        "skipping it (delete its summary.json to run it again)")
     return summary
 
 
