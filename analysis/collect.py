@@ -146,6 +146,21 @@ def pos_labels(configs: list[dict]) -> list[str]:
     return labels
 
 
+def tokens_labels(configs: list[dict]) -> list[str]:
+    """The token layout's name (``action`` where a config has none), plus its settings where
+    runs of that layout differ in them: ``state_action(loss=action)`` beside
+    ``state_action(loss=all)``, plain ``state_action`` when all agree."""
+    flat = [_flatten(c.get("tokens") or {"name": "action"}) for c in configs]
+    names = [f.get("name", "action") for f in flat]
+    labels = [None] * len(flat)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        group = [{k: v for k, v in flat[i].items() if k != "name"} for i in idx]
+        for i, extra in zip(idx, _differing(group)):
+            labels[i] = name if extra == "default" else f"{name}({extra})"
+    return labels
+
+
 def _differing(flat: list[dict]) -> list[str]:
     keys = sorted({k for f in flat for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
@@ -172,7 +187,7 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             row["val_action_loss"] = s.get("val_action_loss", s.get("val_loss")
                                            if row["tokens"] == "action" else None)
             for key in ("val_loss", "val_perplexity", "train_loss", "best_val_loss", "steps",
-                        "wall_time_s", "train_time_s", "train_tokens_per_s", "diverged_step",
+                        "wall_time_s", "wall_time_total_s", "train_time_s", "train_tokens_per_s", "diverged_step",
                         "model_key", "trained_here", "num_parameters", "precision", "error"):
                 row[key] = s.get(key)
             data = configs[-1].get("data") or {}
@@ -195,11 +210,16 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
                     config_labels(configs, leave_out=("pos.", "mask.", "tokens.")))
         labels = pos_labels(configs)  # jobs without a config keep the name from their summary
         runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
+        runs["tokens"] = tokens_labels(configs)
     return runs
 
 
 def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every logged record of every job; ``runs`` (``load_runs``'s frame) when already read."""
+    """Every logged record of every job; ``runs`` (``load_runs``'s frame) when already read.
+
+    ``loss`` of a validation record is the action tokens' loss where the run logged one
+    (``action_loss``, tokens=state_action), so curves and steps-to-target compare across token
+    layouts; the training objective's is kept as ``objective_loss``."""
     frames = []
     runs = load_runs(sweep_dirs) if runs is None else runs
     for run in runs.itertuples():
@@ -214,6 +234,9 @@ def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
                 continue
         if records:
             df = pd.DataFrame(records)
+            if "action_loss" in df:  # tokens=state_action: the comparable figure is "loss"
+                df["objective_loss"] = df["loss"]
+                df["loss"] = df["action_loss"].where(df["action_loss"].notna(), df["loss"])
             for key in ("job", "sweep", "config", *AXES, "model_key", "status"):
                 df[key] = getattr(run, key)
             frames.append(df)

@@ -218,7 +218,7 @@ def _rope_section(made, image) -> str:
         lines.append(f"Validation loss of sinusoidal minus RoPE, paired by seed: {_pm(d, ci)} "
                      f"nats ({'RoPE' if d > 0 else 'sinusoidal'} ahead); the difference is "
                      f"{verdict}. `delta_shift_k` is the change of loss when the same validation "
-                     "trajectories are placed k positions later (positions alone move); "
+                     "trajectories are placed k steps later (positions alone move); "
                      "`loss_Nx_beyond` is the loss at unseen positions of N-times longer fresh "
                      "trajectories, where the process itself also changes.")
     else:

@@ -179,7 +179,7 @@ def kv_speed(speed, path) -> Path | None:
 
 
 def position_shift(runs, path) -> Path | None:
-    """Loss change when the same validation trajectories move k positions later, per pos."""
+    """Loss change when the same validation trajectories move k steps later, per pos."""
     cols = [c for c in runs if c.startswith("delta_shift_")]
     done = runs[(runs["status"] == "completed") & (runs["mask"] == "causal")]
     if not cols or done.empty:
@@ -198,7 +198,7 @@ def position_shift(runs, path) -> Path | None:
                  style="config" if long["config"].nunique() > 1 else None,
                  errorbar=("ci", 95), marker="o", ax=ax)
     ax.axhline(0.0, color="grey", lw=1, ls="--")
-    ax.set(xlabel="positions added to every token's position",
+    ax.set(xlabel="steps added to every token's step (the shift k)",
            ylabel="loss change (nats/token)",
            title="position shift: same trajectories, later positions (causal mask)")
     ax.grid(alpha=0.3)

@@ -40,23 +40,52 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> P
         df.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(tables.to_markdown(df))
 
+    # the course's figures and page show action-token models where a sweep also has others
+    course_runs, course_metrics, course_speed = action_only(runs, metrics, speed)
     figures = {
         "Validation loss by positional encoding (causal mask)":
             plots.loss_curves(metrics, "pos", out / "loss_by_pos.png", mask="causal"),
         "Validation loss by mask": plots.loss_curves(metrics, "mask", out / "loss_by_mask.png"),
-        "Attention maps, causal vs no mask": plots.attention_grid(runs, out / "attention_grid.png"),
+        "Attention maps, causal vs no mask":
+            plots.attention_grid(course_runs, out / "attention_grid.png"),
         "Position shift": plots.position_shift(runs, out / "position_shift.png"),
-        "KV-cache speed-up": plots.kv_speed(speed, out / "kv_cache_speed.png"),
+        "KV-cache speed-up": plots.kv_speed(course_speed, out / "kv_cache_speed.png"),
         "Action NLL by token layout": plots.token_layouts(runs, out / "tokens.png"),
     }
     text = _report_md(sweep_dirs, runs, made, figures, target_loss)
     (out / "report.md").write_text(text)
     log(f"wrote {out / 'report.md'} and the tables and plots beside it")
     if mdx is not None:
-        page = write_mdx(out, made, figures, runs=runs, metrics=metrics, sweep_dirs=sweep_dirs,
-                         **mdx)
+        course = made if course_runs is runs else {
+            **made, "positional": tables.positional(course_runs, course_metrics, target_loss),
+            "mask_audit": tables.mask_audit(course_runs)}
+        page = write_mdx(out, course, figures, runs=course_runs, metrics=course_metrics,
+                         sweep_dirs=sweep_dirs, **mdx)
         log(f"wrote {page} and its images in {out / 'images'}")
     return out / "report.md"
+
+
+def action_only(runs, metrics, speed):
+    """(runs, metrics, speed) of the action-token models, where a sweep has models of other
+    token layouts too and some of action tokens; otherwise all of them (the same objects)."""
+    if "tokens" not in runs or not (runs["tokens"] == "action").any() or (
+            runs["tokens"] == "action").all():
+        return runs, metrics, speed
+    keep = runs["tokens"] == "action"
+    jobs = set(zip(runs.loc[keep, "sweep"], runs.loc[keep, "job"]))
+
+    def of(frame):
+        if frame.empty:
+            return frame
+        return frame[[(s, j) in jobs for s, j in zip(frame["sweep"], frame["job"])]]
+
+    course = runs[keep].assign(config=runs.loc[keep, "config_without_tokens"])
+    labels = dict(zip(zip(course["sweep"], course["job"]), course["config"]))
+    metrics = of(metrics)
+    if not metrics.empty:
+        metrics = metrics.assign(config=[labels[(s, j)] for s, j in
+                                         zip(metrics["sweep"], metrics["job"])])
+    return course, metrics, of(speed)
 
 
 def coverage(runs) -> str:
@@ -87,14 +116,15 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
         "## Findings", "", *[f"- {s}" for s in findings(made)], "",
         "## Positional encodings (causal mask)", "",
         "One row per training configuration (`config`: the settings that differ between the "
-        "sweeps' runs, other than pos, mask and seed) and encoding. Validation loss is the mean "
-        "over seeds with its 95% Student-t interval. "
+        "sweeps' runs, other than pos, mask and seed) and encoding. Validation loss (of the "
+        "action tokens: `val_action_loss`, the validation loss itself with `tokens=action`) is "
+        "the mean over seeds with its 95% Student-t interval. "
         f"`steps_to_{target_loss:g}` is the median step at which the loss on a fixed slice of "
         "the validation split first reached that value (runs that never did count as never; "
         "`reached` says how many did). "
-        + (f"`{'`, `'.join(shift_cols)}`: the same validation trajectories placed k positions "
-           "later, minus their loss at 0..T-1: positional generalisation alone, with the data "
-           "unchanged. " if shift_cols else "")
+        + (f"`{'`, `'.join(shift_cols)}`: the same validation trajectories placed k steps "
+           "later, minus their loss at steps 0..T-1: positional generalisation alone, with the "
+           "data unchanged. " if shift_cols else "")
         + "`loss_Nx_beyond` is the loss at positions never trained on, in fresh trajectories N "
         "times the training length: new positions *and* a new regime of the process (late in "
         "a long trajectory many joints sit at their limits), to be read beside `loss_1x_fresh` "
@@ -145,7 +175,11 @@ def cost(runs) -> list[str]:
     cols = [c for c in ("job", "status", "trained_here", "train_time_s", "wall_time_s",
                         "precision") if c in runs]
     table = runs[cols].copy()
-    wall = pd.to_numeric(table["wall_time_s"], errors="coerce")
+    # every sitting of a job (a resumed one ran several), where the job recorded it
+    total_col = runs["wall_time_total_s"] if "wall_time_total_s" in runs else runs["wall_time_s"]
+    table["wall_time_s"] = pd.to_numeric(total_col, errors="coerce").fillna(
+        pd.to_numeric(runs["wall_time_s"], errors="coerce"))
+    wall = table["wall_time_s"]
     train = pd.to_numeric(table.get("train_time_s"), errors="coerce")
     trained = (table["trained_here"].fillna(False).astype(bool) if "trained_here" in table
                else pd.Series(False, index=table.index))
@@ -189,7 +223,7 @@ def findings(made) -> list[str]:
             k = last.rsplit("_", 1)[1]
             deltas = ", ".join(f"{name} {rows.loc[name, last]:+.4f}" for name in rows.index
                                if np.isfinite(rows.loc[name, last]))
-            out.append(f"Position shift{where}: the validation trajectories moved {k} positions "
+            out.append(f"Position shift{where}: the validation trajectories moved {k} steps "
                        f"later change the loss by {deltas} nats (0 for an encoding that sees "
                        "relative positions only).")
         beyond = sorted(c for c in rows if c.endswith("x_beyond"))

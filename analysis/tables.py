@@ -64,7 +64,8 @@ def _per_seed(group: pd.DataFrame, col: str) -> pd.Series:
 def positional(runs, metrics, target_loss=2.0, reference="rope") -> pd.DataFrame:
     """Each (training configuration, ``pos``) under the causal mask.
 
-    Validation loss over seeds with a 95% Student-t interval; steps to ``target_loss`` as a
+    Validation loss of the action tokens (``val_action_loss``: the validation loss itself with
+    tokens=action) over seeds with a 95% Student-t interval; steps to ``target_loss`` as a
     median in which runs that never reach it count as never (not dropped); the position-shift
     deltas; the loss at unseen positions of longer trajectories; and the difference to
     ``reference`` paired by seed within the same configuration (``pairs``: seeds on both sides).
@@ -77,8 +78,8 @@ def positional(runs, metrics, target_loss=2.0, reference="rope") -> pd.DataFrame
     beyond_cols = sorted(c for c in models if c.endswith("x_beyond"))
     rows = []
     for (config, pos), group in models.groupby(["config", "pos"], sort=True):
-        loss = mean_ci(_per_seed(group, "val_loss"))
-        ppl = mean_ci(_per_seed(group, "val_perplexity"))
+        loss = mean_ci(_per_seed(group, "val_action_loss"))
+        ppl = mean_ci(np.exp(_per_seed(group, "val_action_loss")))
         steps = [reached.get((r.sweep, r.job), math.nan) for r in group.itertuples()]
         row = {"config": config, "pos": pos, "seeds": loss[3], "val_loss_mean": loss[0],
                "val_loss_std": loss[1], "val_loss_ci95": loss[2], "val_ppl_mean": ppl[0],
@@ -91,7 +92,7 @@ def positional(runs, metrics, target_loss=2.0, reference="rope") -> pd.DataFrame
         for col in beyond_cols:
             row[col] = mean_ci(_per_seed(group, col))[0]
         ref = models[(models["config"] == config) & (models["pos"] == reference)]
-        ref_loss, own = _per_seed(ref, "val_loss"), _per_seed(group, "val_loss")
+        ref_loss, own = _per_seed(ref, "val_action_loss"), _per_seed(group, "val_action_loss")
         paired = own.index.intersection(ref_loss.index)
         d = mean_ci((own[paired] - ref_loss[paired]).tolist())
         row[f"diff_vs_{reference}"], row[f"diff_vs_{reference}_ci95"] = d[0], d[2]
@@ -153,11 +154,12 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     if speed.empty:
         return pd.DataFrame(columns=cols)
     ok = runs[runs["status"] == "completed"]
-    speed = speed.merge(ok[["sweep", "job"]], on=["sweep", "job"])
+    # the runs' layout labels (with their settings where variants differ)
+    speed = speed.drop(columns=["tokens"], errors="ignore").merge(
+        ok[["sweep", "job", "tokens"]], on=["sweep", "job"])
     if speed.empty:
         return pd.DataFrame(columns=cols)
-    speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]),
-                         tokens=speed["tokens"].fillna("action") if "tokens" in speed else "action")
+    speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]))
     per_model = (speed.groupby(["tokens", "batch_size", "new_tokens", "model"])
                  .agg(speedup=("speedup", "median"), on=("tokens_per_s_cache_on", "median"),
                       off=("tokens_per_s_cache_off", "median"),

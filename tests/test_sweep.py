@@ -90,7 +90,10 @@ def test_single_run_then_rerun_does_not_train_again(tmp_path):
     assert summary["status"] == "completed" and summary["trained_here"] is True
     again = run_cli(args, cwd=tmp_path)
     assert "already trained" in again.stderr and "training model" not in again.stderr
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["val_loss"] == summary["val_loss"]
+    second = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert second["val_loss"] == summary["val_loss"]
+    # a single run is re-evaluated, and its folder's wall time counts both sittings
+    assert second["wall_time_total_s"] >= summary["wall_time_total_s"] + second["wall_time_s"] - 1e-6
 
 
 def test_rerun_with_another_training_config_is_refused_untouched(tmp_path):
@@ -146,6 +149,7 @@ def test_rerunning_a_sweep_completes_only_what_is_missing(tmp_path):
     jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
     assert len(jobs) == 4
     before = {job: (job / "summary.json").read_bytes() for job in jobs}
+    hydra_before = {job: (job / ".hydra" / "config.yaml").read_bytes() for job in jobs}
     missing = jobs[0]
     (missing / "summary.json").unlink()  # as if the study had stopped before this job
     again = run_cli(args, cwd=tmp_path)
@@ -153,6 +157,7 @@ def test_rerunning_a_sweep_completes_only_what_is_missing(tmp_path):
     assert "training model" not in again.stderr  # its model was trained already
     for job in jobs[1:]:
         assert (job / "summary.json").read_bytes() == before[job]  # untouched
+        assert (job / ".hydra" / "config.yaml").read_bytes() == hydra_before[job]
     redone = json.loads((missing / "summary.json").read_text())
     assert redone["status"] == "completed" and redone["trained_here"] is False
 

@@ -149,6 +149,124 @@ def test_action_tokens_in_the_state_layout_and_their_loss():
     assert int(only.objective_targets(24).sum()) == 6
 
 
+def test_tokens_action_val_loss_is_the_plain_next_token_loss(tmp_path):
+    """Not circular: the run's val_loss against cross-entropy recomputed from its checkpoint on
+    the validation split rebuilt from the data seed, without the layout code."""
+    from vla_ablate.data import split_indices
+    from vla_ablate.train import load_model_from_checkpoint
+
+    run = tmp_path / "run"
+    run_cli([*SMOKE, "train.precision=fp32", "eval.enabled=false", f"hydra.run.dir={run}",
+             f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_action_loss"] == summary["val_loss"]
+    model = load_model_from_checkpoint(run / "checkpoints" / "last.pt").eval()
+    actions = generate_dataset(96, 12, 42, progress=False)["actions"]
+    val = actions[split_indices(96, 0.9)[1]]
+    with torch.no_grad():
+        logits, _ = model(val[:, :-1])
+    plain = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), val[:, 1:].reshape(-1))
+    assert summary["val_loss"] == pytest.approx(plain.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("pos", ["rope", "sinusoidal", "learned", "alibi", "none"])
+@pytest.mark.parametrize("attn_impl", ["manual", "sdpa"])
+def test_chunked_cached_rollout_matches_the_full_pass(pos, attn_impl):
+    from vla_ablate.evaluate import kv_cache_consistency
+
+    torch.manual_seed(1)
+    model = DecoderOnlyTransformer(vocab_size=EE.vocab_size, dim=32, num_layers=2, num_heads=4,
+                                   ff_hidden_dim=64, max_seq_len=64, dropout=0.0, pos=pos,
+                                   attn_impl=attn_impl).eval()
+    data = small_data(2, 8)
+    seqs = EE.sequences(data["states"], data["actions"])
+    given = EE.given(data["states"])
+    # the rollout's cached path: the prompt and s_0, then [a_t, s_{t+1}] chunks at their offsets
+    chunks = [seqs[:, :7]] + [seqs[:, p : p + 4] for p in range(7, 31, 4)]
+    model.setup_cache(2, 32)
+    try:
+        start, cached = 0, []
+        for chunk in chunks:
+            positions = torch.arange(start, start + chunk.shape[1])
+            cached.append(model(chunk, input_pos=positions)[0])
+            start += chunk.shape[1]
+    finally:
+        model.clear_cache()
+    full, _ = model(seqs[:, :31])
+    assert (torch.cat(cached, dim=1) - full).abs().max() < 1e-4
+    result = kv_cache_consistency(model, seqs[:, :4], 7, torch.device("cpu"), given=given[:, 1:])
+    assert result["matches"], result
+
+
+def test_rollouts_generate_action_tokens_only():
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(vocab_size=EE.vocab_size, dim=32, num_layers=1, num_heads=4,
+                                   ff_hidden_dim=64, max_seq_len=64, dropout=0.0).eval()
+    with torch.no_grad():  # make state ids the likeliest next tokens everywhere
+        model.lm_head.weight[:, VOCAB_SIZE:] += 5.0
+    data = small_data(2, 6)
+    seqs = EE.sequences(data["states"], data["actions"])
+    free = model.generate(seqs[:, :4], 5, top_k=1, given=EE.given(data["states"])[:, 1:])
+    assert (EE.actions_of(free[:, 4:].unflatten(1, (5, 4))) >= VOCAB_SIZE).any()
+    kept = model.generate(seqs[:, :4], 5, top_k=1, given=EE.given(data["states"])[:, 1:],
+                          sample_below=VOCAB_SIZE)
+    assert (kept[:, 4:].unflatten(1, (5, 4))[..., 3] < VOCAB_SIZE).all()
+
+
+def test_step_counted_masks_and_maps():
+    # the extrapolation's unseen actions: (factor - 1) x T of them, in both layouts
+    for layout in (ACTION, EE):
+        mask = layout.action_targets(layout.positions(4 * 12), from_step=12)
+        assert int(mask.sum()) == 3 * 12
+    maps = torch.rand(2, 24, 24)  # 6 steps of 4 tokens
+    steps = EE.step_attention(maps)
+    assert steps.shape == (2, 6, 6)
+    assert torch.allclose(steps[:, 1, 0], maps[:, 6, 0:4].sum(-1))  # row: s_1[z] predicts a_1
+    assert ACTION.step_attention(maps) is maps
+
+
+def test_position_shifts_are_checked_in_positions():
+    # smoke: 12 steps, max_seq_len 64 steps; with state tokens the last step's states are inputs
+    for shift, ok_action, ok_state in ((52, True, True), (53, True, False), (54, False, False)):
+        for tokens, ok in (("action", ok_action), ("state_action", ok_state)):
+            cfg = compose_cfg(SMOKE + [f"tokens={tokens}", f"eval.position_shifts=[{shift}]"])
+            if ok:
+                validate(cfg)
+            else:
+                with pytest.raises(ConfigError, match="eval.position_shifts need steps up to"):
+                    validate(cfg)
+    # and the largest valid shift evaluates
+    from vla_ablate.evaluate import position_shift
+
+    model = DecoderOnlyTransformer(vocab_size=EE.vocab_size, dim=32, num_layers=1, num_heads=4,
+                                   ff_hidden_dim=64, max_seq_len=4 * 64, dropout=0.0)
+    data = small_data(2, 12)
+    seqs = EE.sequences(data["states"], data["actions"])
+    assert "delta_shift_52" in position_shift(model, seqs, [52], torch.device("cpu"), layout=EE)
+    with pytest.raises(ValueError, match="beyond max_seq_len"):
+        position_shift(model, seqs, [53], torch.device("cpu"), layout=EE)
+
+
+def test_token_table_keeps_layout_variants_apart():
+    import pandas as pd
+
+    from analysis.collect import tokens_labels
+    from analysis.tables import token_layouts
+
+    configs = [{}, {"tokens": {"name": "state_action", "bins": 128, "loss": "all"}},
+               {"tokens": {"name": "state_action", "bins": 128, "loss": "action"}}]
+    labels = tokens_labels(configs)
+    assert labels == ["action", "state_action(loss=all)", "state_action(loss=action)"]
+    rows = [{"status": "completed", "mask": "causal", "pos": "rope", "config": "c",
+             "config_without_tokens": "default", "model_key": f"{label}-{seed}", "path": "p",
+             "seed": seed, "tokens": label, "val_action_loss": base + 0.01 * seed}
+            for label, base in zip(labels, (2.0, 1.8, 1.9)) for seed in (1, 2, 3)]
+    table = token_layouts(pd.DataFrame(rows)).set_index("tokens")
+    assert list(table["seeds"]) == [3, 3, 3]
+    assert table.loc["state_action(loss=all)", "diff_vs_action"] == pytest.approx(-0.2)
+    assert table.loc["state_action(loss=action)", "diff_vs_action"] == pytest.approx(-0.1)
+
+
 def test_rollout_is_given_states_and_cached_equals_uncached():
     torch.manual_seed(0)
     model = DecoderOnlyTransformer(vocab_size=EE.vocab_size, dim=32, num_layers=2, num_heads=4,
@@ -205,8 +323,11 @@ def test_every_evaluation_runs_in_the_state_layout(token_sweep):
         assert {(r["batch_size"], r["new_tokens"]) for r in kv["speed"]} == {
             (1, 4), (1, 8), (2, 4), (2, 8)}
         maps = np.load(folder / "attention_maps.npz")
-        side = 12 * (4 if tokens == "state_action" else 1)
-        assert maps["layer_0"].shape[-1] == side
+        assert maps["layer_0"].shape[-2:] == (12, 12)  # over steps in both layouts
+        assert (maps["tokens"] < VOCAB_SIZE).all()  # the trajectory's actions
+        # the audit and the unshifted position evaluation score the same targets
+        assert s["position_shift"]["loss_shift_0"] == pytest.approx(
+            audit["val_loss_teacher_forced"], abs=1e-4)
     state = summaries[("state_action", 1)][0]
     records = [json.loads(line) for line in
                (summaries[("state_action", 1)][1] / "metrics.jsonl").read_text().splitlines()]
@@ -235,6 +356,10 @@ def test_analysis_gains_the_token_table_and_plot(token_sweep, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Token layouts" in report and "ln 5 = 1.609" in report
     assert "State tokens (state_action, pos=rope" in report
+    # the course's page shows the action-token models of a mixed sweep
+    build_report([token_sweep], tmp_path / "mdx", log=lambda *_: None, mdx={"student": "x"})
+    page = next((tmp_path / "mdx").glob("*.mdx")).read_text()
+    assert "tokens.bins" not in page and "state_action" not in page
 
 
 def test_action_mode_refuses_state_values():

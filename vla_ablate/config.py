@@ -171,6 +171,21 @@ def check_batch_fits(batch_size: int, n_train: int) -> None:
         )
 
 
+def check_shifts(cfg: Any, seq_length: int, source: str = "") -> None:
+    """``eval.position_shifts`` must keep every input position of a shifted trajectory of
+    ``seq_length`` steps within the model (``source``: where that length comes from)."""
+    from vla_ablate.tokens import layout_from_config
+
+    try:
+        layout = layout_from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    last = layout.last_input_step(seq_length + max(cfg.eval.position_shifts, default=0))
+    if cfg.eval.enabled and last >= cfg.model.max_seq_len:
+        raise ConfigError(f"{source}eval.position_shifts need steps up to {last}, beyond "
+                          f"model.max_seq_len ({cfg.model.max_seq_len})")
+
+
 def validate(cfg: Any) -> None:
     """Raise ``ConfigError`` for the first value that cannot work."""
     from vla_ablate.model.factory import model_args_from_config
@@ -246,12 +261,7 @@ def validate(cfg: Any) -> None:
                 f"eval.extrapolation_factors need trajectories of {longest} steps, beyond "
                 f"model.max_seq_len ({m.max_seq_len})"
             )
-        shifted = d.seq_length + max(e.position_shifts, default=0) - 1
-        if shifted > m.max_seq_len:
-            raise ConfigError(
-                f"eval.position_shifts need steps up to {shifted - 1}, beyond "
-                f"model.max_seq_len ({m.max_seq_len})"
-            )
+        check_shifts(cfg, d.seq_length)
         if any(k < 0 for k in e.position_shifts):
             raise ConfigError(f"eval.position_shifts must be >= 0, got {list(e.position_shifts)}")
         gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)

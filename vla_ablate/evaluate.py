@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vla_ablate.data import derived_seed, generate_dataset
+from vla_ablate.data import VOCAB_SIZE, derived_seed, generate_dataset
 from vla_ablate.precision import DTYPES, autocast
 from vla_ablate.tokens import ACTION, TokenLayout
 from vla_ablate.train import mean_loss, token_losses
@@ -162,7 +162,7 @@ def extrapolation(model, data_seed, seq_length, factors, n, device, precision="f
         if factor == 1:
             out["loss_1x"] = losses[:, select].mean().item()
         else:  # the action tokens of steps seq_length..end
-            beyond = select & (torch.arange(1, seqs.shape[1]) >= layout.positions(seq_length))
+            beyond = layout.action_targets(seqs.shape[1], from_step=seq_length)
             out[f"loss_{factor}x_beyond"] = losses[:, beyond].mean().item()
     return out
 
@@ -190,8 +190,11 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
     model.eval()
     precision = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
     x = prompts.to(device)
-    greedy_cached = model.generate(x, new_tokens, top_k=1, use_cache=True, given=given)
-    greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False, given=given)
+    below = None if given is None else VOCAB_SIZE  # a rollout generates action tokens only
+    greedy_cached = model.generate(x, new_tokens, top_k=1, use_cache=True, given=given,
+                                   sample_below=below)
+    greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False, given=given,
+                                  sample_below=below)
     full, _ = model(greedy_plain)
     T0 = x.shape[1]
     model.setup_cache(x.shape[0], greedy_plain.shape[1])
@@ -232,7 +235,8 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
 
         def run(n, use_cache, x=x, g=g):
             model.generate(x, n, top_k=1, use_cache=use_cache,
-                           given=None if g is None else g[:, :n])
+                           given=None if g is None else g[:, :n],
+                           sample_below=None if g is None else VOCAB_SIZE)
 
         for use_cache in (True, False):  # warm-up: allocations, kernels, caches
             run(min(4, max(new_tokens)), use_cache)

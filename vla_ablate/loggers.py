@@ -7,7 +7,8 @@ import os
 import uuid
 from pathlib import Path
 
-CSV_FIELDS = ["step", "split", "loss", "perplexity", "lr", "tokens_per_s", "elapsed_s"]
+CSV_FIELDS = ["step", "split", "loss", "perplexity", "lr", "tokens_per_s", "elapsed_s",
+              "action_loss"]  # action_loss: validation records of tokens=state_action runs
 
 
 class Logger:

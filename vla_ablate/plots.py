@@ -8,14 +8,21 @@ from matplotlib.figure import Figure  # no pyplot: no global backend or figure s
 
 
 def loss_curve(records, path, title="") -> None:
+    """Training and validation loss against step; with state tokens (records with
+    ``action_loss``) also the validation loss of the action tokens, the comparable figure."""
     train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train"]
     val = [(r["step"], r["loss"]) for r in records if r.get("split") == "val"]
+    action = [(r["step"], r["action_loss"]) for r in records
+              if r.get("split") == "val" and r.get("action_loss") is not None]
+    what = " (training objective)" if action else ""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     if train:
-        ax.plot(*zip(*train), label="train", lw=1.2)
+        ax.plot(*zip(*train), label=f"train{what}", lw=1.2)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation", lw=1.5, ms=3)
+        ax.plot(*zip(*val), "o-", label=f"validation{what}", lw=1.5, ms=3)
+    if action:
+        ax.plot(*zip(*action), "s-", label="validation, action tokens", lw=1.5, ms=3)
     ax.axhline(math.log(5), color="grey", ls=":", lw=1, label="noise floor ln 5")
     ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title or "loss")
     ax.legend()

@@ -30,8 +30,9 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from vla_ablate import evaluate, plots, runfolder
-from vla_ablate.config import ConfigError, check_batch_fits, validate
+from vla_ablate.config import ConfigError, check_batch_fits, check_shifts, validate
 from vla_ablate.data import (
+    STATE_DIM,
     DataError,
     derived_seed,
     generate_dataset,
@@ -44,6 +45,7 @@ from vla_ablate.model import build_model, model_args_from_config
 from vla_ablate.precision import resolve_precision
 from vla_ablate.runfolder import (
     MetricsFile,
+    bind_check,
     bind_folder,
     code_version,
     restore_hydra_files,
@@ -101,11 +103,15 @@ def run_job(cfg) -> dict:
         cfg.data.path = str(Path(cfg.data.path).resolve())
     try:  # before anything is written: a bad config or another folder's settings
         validate(cfg)
-        bind_folder(run_dir, training_config(cfg))
+        training = training_config(cfg)
+        bind_check(run_dir, training)
     except ConfigError as err:
         return refuse(run_dir, axes, err, multirun)
     if multirun and (done := completed_before(run_dir)) is not None:
+        restore_hydra_files(run_dir)  # the folder keeps describing the launch that ran it
         return done
+    bind_folder(run_dir, training)
+    earlier = _earlier_wall_time(run_dir)  # earlier sittings in this folder (a resumed run)
     stamp = {"launch_id": os.environ.get(LAUNCH_ENV), **code_version()}
     write_summary(run_dir, {**running_summary(axes), **stamp})
     t0 = time.time()
@@ -140,6 +146,7 @@ def run_job(cfg) -> dict:
             summary = {**summary, "status": "failed" if status == "bad_config" else status,
                        **axes, "axes": axes, "error": message or summary.get("error"),
                        "wall_time_s": time.time() - t0}
+        summary["wall_time_total_s"] = earlier + (time.time() - t0)  # every sitting
         write_summary(run_dir, summary)
         logger.log_summary(summary)
         logger.finish(exit_code=code)
@@ -150,11 +157,21 @@ def run_job(cfg) -> dict:
     return summary
 
 
+def _earlier_wall_time(run_dir: Path) -> float:
+    """The wall time earlier sittings spent in this folder (0 for a new one)."""
+    try:
+        before = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0.0
+    value = before.get("wall_time_total_s", before.get("wall_time_s"))
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def completed_before(run_dir: Path) -> dict | None:
     """A sweep job whose folder already holds a completed run: its summary, so that re-running a
     sweep command on its folder completes only what is missing (a single run in a folder is
     re-evaluated instead, see README). The folder is bound to the same training config
-    (``bind_folder`` checked it), and its name holds the job's overrides."""
+    (``bind_check`` checked it), and its name holds the job's overrides."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -340,11 +357,13 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                                                   given=given),
         "concurrent_jobs": jobs_at_once(cfg),
     }
-    if e.attention_maps:
-        maps = model.attention_maps(val_actions[:1].to(device))
-        plots.attention_maps([m[0] for m in maps], run_dir / "attention_maps.png",
-                             title=f"{_title(cfg)}: attention on one validation trajectory")
-        runfolder.write_attention_maps(run_dir, [m[0] for m in maps], val_actions[0])
+    if e.attention_maps:  # over steps: with state tokens, the rows that predict the actions
+        maps = [layout.step_attention(m[0])
+                for m in model.attention_maps(val_actions[:1].to(device))]
+        what = "" if layout.name == "action" else " (rows: the query predicting each action)"
+        plots.attention_maps(maps, run_dir / "attention_maps.png",
+                             title=f"{_title(cfg)}: attention on one validation trajectory{what}")
+        runfolder.write_attention_maps(run_dir, maps, layout.actions_of(val_actions[0]))
     return out
 
 
@@ -359,7 +378,7 @@ def rollout_inputs(cfg, layout: TokenLayout, val_seqs, new: int):
     e = cfg.eval
     if layout.name == "action":
         return val_seqs[:8, : e.gen_prompt_len], None
-    steps = e.gen_prompt_len + max(*e.gen_new_tokens, new)
+    steps = e.gen_prompt_len + max([*e.gen_new_tokens, new])
     data = generate_dataset(8, steps, derived_seed(cfg.data.seed, "rollout"), progress=False)
     seqs = layout.sequences(data["states"], data["actions"])
     return (seqs[:, : layout.positions(e.gen_prompt_len)],
@@ -367,7 +386,9 @@ def rollout_inputs(cfg, layout: TokenLayout, val_seqs, new: int):
 
 
 def _title(cfg) -> str:
-    return f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
+    tokens = axes_of(cfg)["tokens"]
+    return (f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
+            + ("" if tokens == "action" else f" tokens={tokens}"))
 
 
 def load_data(cfg, layout: TokenLayout | None = None):
@@ -392,11 +413,11 @@ def load_data(cfg, layout: TokenLayout | None = None):
         if length < 2 or length > cfg.model.max_seq_len:
             raise ConfigError(f"{d.path} holds trajectories of {length} steps; need "
                               f"2..model.max_seq_len ({cfg.model.max_seq_len})")
-        shifted = length + max(cfg.eval.position_shifts, default=0) - 1
-        if cfg.eval.enabled and shifted > cfg.model.max_seq_len:
-            raise ConfigError(f"{d.path} holds trajectories of {length} steps: eval.position_shifts "
-                              f"need steps up to {shifted - 1}, beyond model.max_seq_len "
-                              f"({cfg.model.max_seq_len})")
+        check_shifts(cfg, length, f"{d.path} holds trajectories of {length} steps: ")
+        if layout_from_config(cfg).state and data["states"].shape[-1] != STATE_DIM:
+            raise ConfigError(f"{d.path} holds states of {data['states'].shape[-1]} values; "
+                              f"tokens=state_action needs the course's {STATE_DIM} (7 joint "
+                              "angles, then the end effector's x, y, z)")
         log(f"loaded {n} trajectories of {length} steps from {d.path} "
             "(data.num_trajectories and data.seq_length do not apply)")
     else:

@@ -43,7 +43,7 @@ class TokenLayout:
     ``all`` tokens or the ``action`` tokens only."""
 
     state: tuple[str, ...] = ()
-    bins: int = 64
+    bins: int = 128
     loss: str = "all"
 
     def __post_init__(self):
@@ -116,13 +116,15 @@ class TokenLayout:
         ``action`` mode (nothing is given, every new token is generated)."""
         return self.state_ids(states) if self.state else None
 
-    def action_targets(self, length: int) -> torch.Tensor | None:
+    def action_targets(self, length: int, from_step: int = 1) -> torch.Tensor | None:
         """Which of the ``length - 1`` next-token targets of a ``length``-token sequence are the
-        action tokens a_1 .. a_{T-1} (the comparable figure); None: all of them (``action``)."""
-        if not self.state:
+        action tokens a_from_step .. a_{T-1}; None: all of them (``action`` mode, from step 1).
+
+        From step 1 these are the comparable figure: the actions both layouts predict."""
+        if not self.state and from_step <= 1:
             return None
         pos = torch.arange(1, length)  # the position each target sits at
-        return (pos % self.per_step == self.per_step - 1) & (pos >= self.per_step)
+        return (pos % self.per_step == self.per_step - 1) & (pos >= self.positions(from_step))
 
     def objective_targets(self, length: int) -> torch.Tensor | None:
         """The targets the training loss covers (None: all): with ``loss=action``, every action
@@ -141,6 +143,27 @@ class TokenLayout:
     def positions(self, steps: int) -> int:
         """Sequence positions that ``steps`` steps take."""
         return steps * self.per_step
+
+    def last_input_step(self, steps: int) -> int:
+        """The last step whose tokens a teacher-forced pass over ``steps`` steps feeds the model
+        (the final token is only a target): ``steps - 2`` for action tokens alone, ``steps - 1``
+        with state tokens (the last step's states are inputs). Positions fit the model when
+        this step is below ``model.max_seq_len``."""
+        return (self.positions(steps) - 2) // self.per_step
+
+    def actions_of(self, seqs: torch.Tensor) -> torch.Tensor:
+        """The action tokens of sequences (..., T * per_step) -> (..., T)."""
+        return seqs[..., self.per_step - 1 :: self.per_step]
+
+    def step_attention(self, maps: torch.Tensor) -> torch.Tensor:
+        """(H, L, L) attention over tokens -> (H, T, T) over steps: row t is the query that
+        predicts action a_t (step t's last state token), each column sums the weights on one
+        step's tokens. Action tokens alone: the maps as they are."""
+        if not self.state:
+            return maps
+        H, L, _ = maps.shape
+        rows = maps[:, self.per_step - 2 :: self.per_step]  # (H, T, L)
+        return rows.unflatten(-1, (L // self.per_step, self.per_step)).sum(-1)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "state": list(self.state), "bins": self.bins,

@@ -162,7 +162,7 @@ class DecoderOnlyTransformer(nn.Module):
 
     @torch.inference_mode()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, use_cache=None,
-                 given=None):
+                 given=None, sample_below=None):
         """Append ``max_new_tokens`` sampled tokens to ``input_ids`` (B, T0); returns (B, T0+n).
 
         ``top_k=1`` is greedy. ``use_cache=None`` takes the model's setting. The cached path
@@ -172,7 +172,8 @@ class DecoderOnlyTransformer(nn.Module):
 
         ``given`` (B, n, k) makes it a rollout of n steps (``max_new_tokens`` = n): each step
         is k given tokens (a state from the data) followed by one sampled token (its action),
-        so the result is (B, T0 + n * (k + 1)).
+        so the result is (B, T0 + n * (k + 1)). ``sample_below``: sample only token ids below
+        it (the action tokens, where a vocabulary also holds state tokens).
         """
         use_cache = self.use_cache if use_cache is None else use_cache
         B, T0 = input_ids.shape
@@ -198,12 +199,14 @@ class DecoderOnlyTransformer(nn.Module):
                 fed = 0  # tokens already in the cache: feed only what came since
                 for slot in slots:
                     hidden = self.hidden_states(out[:, fed:slot], positions[fed:slot])
-                    out[:, slot] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
+                    logits = self.lm_head(hidden[:, -1])[:, :sample_below]
+                    out[:, slot] = self._sample(logits, temperature, top_k)
                     fed = slot
             else:
                 for slot in slots:
                     hidden = self.hidden_states(out[:, :slot])
-                    out[:, slot] = self._sample(self.lm_head(hidden[:, -1]), temperature, top_k)
+                    logits = self.lm_head(hidden[:, -1])[:, :sample_below]
+                    out[:, slot] = self._sample(logits, temperature, top_k)
         finally:
             self.clear_cache()
             self.train(was_training)
