@@ -72,6 +72,20 @@ def test_ablation_experiment_declares_the_full_sweep():
     assert cfg.hydra.mode.name == "MULTIRUN"  # a sweep without -m
 
 
+def test_unified_experiment_declares_the_token_comparison():
+    cfg = compose_cfg(["+experiment=unified"], hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert params == {"tokens": "action,state_action", "seed": "1,2,3"}
+    assert cfg.pos.name == "rope" and cfg.mask.name == "causal"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    # its action-token jobs reuse the ablation's RoPE/causal models: the same training config
+    from vla_ablate.run import model_key
+
+    ablation = compose_cfg(["+experiment=ablation", "seed=2"])
+    assert model_key(compose_cfg(["+experiment=unified", "tokens=action", "seed=2"])) == \
+        model_key(ablation)
+
+
 def test_sweep_job_folders_are_named_by_their_overrides():
     from vla_ablate.config import job_dir_name
 
