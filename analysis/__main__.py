@@ -1,5 +1,6 @@
 """``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--target-loss X]
-[--format md|mdx] [--student NAME]``."""
+[--format md|mdx] [--student NAME]``, or ``python -m analysis --from-tables DIR`` (the report
+made again from an earlier report's data files)."""
 
 import argparse
 import shutil
@@ -20,7 +21,10 @@ def main(argv=None) -> int:
     parser = _OneLineParser(
         prog="python -m analysis",
         description="Tables, plots and report.md from one or more sweep folders.")
-    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="sweep (or single run) folders")
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, help="sweep (or single run) folders")
+    parser.add_argument("--from-tables", type=Path, default=None, metavar="DIR",
+                        help="make the report from an earlier report's runs.csv, metrics.csv and "
+                             "speed.csv in DIR instead of sweep folders (default --out: DIR)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: FIRST_SWEEP_DIR/report)")
     parser.add_argument("--target-loss", type=float, default=2.0,
@@ -34,15 +38,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.format != "mdx" and (args.student or args.date):
         parser.error("--student and --date belong to the MDX page: add --format mdx")
+    if bool(args.sweep_dirs) == bool(args.from_tables):
+        parser.error("give sweep folders or --from-tables DIR (one of the two)")
     for folder in args.sweep_dirs:
         if not folder.is_dir():
             print(f"error: no such sweep folder: {folder}", file=sys.stderr)
             return 2
-    out = args.out or args.sweep_dirs[0] / "report"
+    if args.from_tables and not args.from_tables.is_dir():
+        print(f"error: no such report folder: {args.from_tables}", file=sys.stderr)
+        return 2
+    out = args.out or (args.from_tables if args.from_tables else args.sweep_dirs[0] / "report")
     existed = out.exists()
     try:
         mdx = {"student": args.student, "date": args.date} if args.format == "mdx" else None
-        build_report(args.sweep_dirs, out, args.target_loss, mdx=mdx)
+        build_report(args.sweep_dirs, out, args.target_loss, mdx=mdx,
+                     from_tables=args.from_tables)
     except ValueError as err:
         if not existed:  # write nothing on failure
             shutil.rmtree(out, ignore_errors=True)

@@ -15,17 +15,35 @@ from analysis.mdx import write_mdx
 CHEATING_GAP = 0.05  # nats: prefix-only minus teacher-forced loss that counts as cheating
 
 
-def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> Path:
+# the per-job data a report is made from, written beside it so that it can be made again
+# without the sweep folders (``python -m analysis --from-tables DIR``)
+DATA_FILES = ("runs.csv", "metrics.csv", "speed.csv")
+_METRIC_COLUMNS = ["step", "split", "loss", "objective_loss", "action_loss", "elapsed_s",
+                   "tokens_per_s", "job", "sweep", "config", "pos", "mask", "cache", "seed",
+                   "tokens", "model_key", "status"]
+
+
+def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
+                 from_tables=None) -> Path:
     """Tables, plots and report.md in ``out_dir``; with ``mdx`` (a dict of ``write_mdx``'s
-    keywords, e.g. ``{"student": NAME}``) also the course's MDX page (analysis/mdx.py)."""
-    sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path))
-                                    else sweep_dirs)]
+    keywords, e.g. ``{"student": NAME}``) also the course's MDX page (analysis/mdx.py).
+
+    ``from_tables``: a folder with an earlier report's ``runs.csv``, ``metrics.csv`` and
+    ``speed.csv`` to make the report from, instead of the sweep folders (``sweep_dirs`` is
+    then ignored; the attention figure, drawn from the job folders, is left out)."""
     out = Path(out_dir)
+    if from_tables is not None:
+        runs, metrics, speed = read_tables(from_tables)
+        sweep_dirs = [Path(d) for d in dict.fromkeys(runs["sweep"].astype(str))]
+    else:
+        sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path))
+                                        else sweep_dirs)]
+        runs = load_runs(sweep_dirs)
+        if runs.empty:
+            raise ValueError(f"no job folders (with .hydra/) under "
+                             f"{', '.join(map(str, sweep_dirs))}")
+        metrics, speed = load_metrics(sweep_dirs, runs), load_speed(sweep_dirs)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(sweep_dirs)
-    if runs.empty:
-        raise ValueError(f"no job folders (with .hydra/) under {', '.join(map(str, sweep_dirs))}")
-    metrics, speed = load_metrics(sweep_dirs, runs), load_speed(sweep_dirs)
     log(f"collected {len(runs)} jobs ({(runs['status'] == 'completed').sum()} completed)")
 
     made = {
@@ -36,6 +54,11 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> P
         "status": tables.status_table(runs),
     }
     runs.to_csv(out / "runs.csv", index=False)
+    # one job's records per trained model (jobs sharing a model share its curves)
+    models = set(zip(tables.trained_models(runs)["sweep"], tables.trained_models(runs)["job"]))
+    kept = metrics[[(s, j) in models for s, j in zip(metrics["sweep"], metrics["job"])]]
+    kept[[c for c in _METRIC_COLUMNS if c in kept]].to_csv(out / "metrics.csv", index=False)
+    speed.to_csv(out / "speed.csv", index=False)
     for name, df in made.items():
         df.to_csv(out / f"{name}.csv", index=False)
         (out / f"{name}.md").write_text(tables.to_markdown(df))
@@ -63,6 +86,25 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None) -> P
                          sweep_dirs=sweep_dirs, **mdx)
         log(f"wrote {page} and its images in {out / 'images'}")
     return out / "report.md"
+
+
+def read_tables(folder):
+    """(runs, metrics, speed) from a report folder's data files (``DATA_FILES``)."""
+    folder = Path(folder)
+    missing = [name for name in DATA_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder} lacks {', '.join(missing)}: not a report folder written by "
+                         "python -m analysis")
+    runs = pd.read_csv(folder / "runs.csv")
+    if runs.empty:
+        raise ValueError(f"{folder / 'runs.csv'} holds no jobs")
+    frames = []
+    for name in DATA_FILES[1:]:
+        try:
+            frames.append(pd.read_csv(folder / name))
+        except pd.errors.EmptyDataError:  # a sweep without records or timings
+            frames.append(pd.DataFrame(columns=["sweep", "job", "split", "step", "loss"]))
+    return runs, frames[0], frames[1]
 
 
 def action_only(runs, metrics, speed):

@@ -87,6 +87,28 @@ def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
     assert "All jobs completed." in report
 
 
+def test_report_made_again_from_its_tables_alone(smoke_sweep, tmp_path):
+    sweep, _ = smoke_sweep
+    first = tmp_path / "first"
+    assert run_analysis(sweep, "--out", first).returncode == 0
+    copy = tmp_path / "published"  # what a repository keeps: the report folder, no sweep
+    shutil.copytree(first, copy)
+    for name in ("report.md", "positional.csv", "mask_audit.csv", "kv_cache.csv", "tokens.csv"):
+        (copy / name).unlink()
+    proc = run_analysis("--from-tables", copy)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("positional.csv", "mask_audit.csv", "kv_cache.csv", "tokens.csv"):
+        again, before = pd.read_csv(copy / name), pd.read_csv(first / name)
+        pd.testing.assert_frame_equal(again, before, check_dtype=False)
+    report = (copy / "report.md").read_text()
+    assert "## Findings" in report and "Sinusoidal minus RoPE" in report
+    assert (copy / "loss_by_pos.png").stat().st_size > 5000
+    bad = run_analysis("--from-tables", tmp_path)  # a folder that is not a report
+    assert bad.returncode == 2 and "lacks runs.csv" in bad.stderr
+    both = run_analysis(sweep, "--from-tables", copy)
+    assert both.returncode == 2 and "one of the two" in both.stderr
+
+
 def test_default_out_dir_and_bad_folder(smoke_sweep, tmp_path):
     sweep, _ = smoke_sweep
     copy = tmp_path / "copy"
