@@ -120,15 +120,17 @@ def _flatten(tree, prefix="") -> dict:
     return out
 
 
-def config_labels(configs: list[dict], leave_out=("pos.", "mask.")) -> list[str]:
+def config_labels(configs: list[dict], with_tokens: bool = True) -> list[str]:
     """A short label per training configuration: the keys that differ among ``configs``.
 
     The pos and mask groups are table axes of their own (see ``pos_labels``) and never part of
-    this label; identical configurations share a label ("default" when nothing differs).
-    ``leave_out``: the key prefixes left out (the token-layout table also leaves ``tokens.``).
+    this label; identical configurations share a label ("default" when nothing differs). The
+    token layout appears as one key, ``tokens=<label>`` (``tokens_labels``), where layouts
+    differ; ``with_tokens=False`` leaves it out (the token-layout table's pairing).
     """
-    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(leave_out)}
-            for c in configs]
+    tokens = tokens_labels(configs)
+    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(("pos.", "mask.", "tokens."))}
+            | ({"tokens": t} if with_tokens else {}) for c, t in zip(configs, tokens)]
     return _differing(flat)
 
 
@@ -206,8 +208,7 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
     if not runs.empty:
         runs.insert(3, "config", config_labels(configs))
         # the configuration apart from the token layout: rows the tokens table pairs up
-        runs.insert(4, "config_without_tokens",
-                    config_labels(configs, leave_out=("pos.", "mask.", "tokens.")))
+        runs.insert(4, "config_without_tokens", config_labels(configs, with_tokens=False))
         labels = pos_labels(configs)  # jobs without a config keep the name from their summary
         runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
         runs["tokens"] = tokens_labels(configs)
