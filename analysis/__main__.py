@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("sweep_dirs", nargs="*", type=Path, help="sweep (or single run) folders")
     parser.add_argument("--from-tables", type=Path, default=None, metavar="DIR",
                         help="make the report from an earlier report's runs.csv, metrics.csv and "
-                             "speed.csv in DIR instead of sweep folders (default --out: DIR)")
+                             "speed.csv in DIR instead of sweep folders (default --out: "
+                             "DIR/regenerated, so the report in DIR stays as it is)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: FIRST_SWEEP_DIR/report)")
     parser.add_argument("--target-loss", type=float, default=2.0,
@@ -47,7 +48,8 @@ def main(argv=None) -> int:
     if args.from_tables and not args.from_tables.is_dir():
         print(f"error: no such report folder: {args.from_tables}", file=sys.stderr)
         return 2
-    out = args.out or (args.from_tables if args.from_tables else args.sweep_dirs[0] / "report")
+    out = args.out or (args.from_tables / "regenerated" if args.from_tables
+                       else args.sweep_dirs[0] / "report")
     existed = out.exists()
     try:
         mdx = {"student": args.student, "date": args.date} if args.format == "mdx" else None

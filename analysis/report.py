@@ -88,23 +88,39 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
     return out / "report.md"
 
 
+# columns that are names, whatever they look like (a job folder "0", a seed-like label)
+_TEXT_COLUMNS = {c: str for c in ("sweep", "job", "path", "config", "config_without_tokens",
+                                  "pos", "mask", "cache", "tokens", "model_key", "status",
+                                  "split", "precision")}
+_NEEDED = {"runs.csv": {"sweep", "job", "path", "status", "config", "pos", "mask", "cache",
+                        "seed", "model_key"}}
+
+
 def read_tables(folder):
-    """(runs, metrics, speed) from a report folder's data files (``DATA_FILES``)."""
+    """(runs, metrics, speed) from a report folder's data files (``DATA_FILES``).
+
+    metrics.csv holds one job's records per completed, trained model, so curves drawn from it
+    leave out failed and diverged runs that a report from the sweep folders would draw."""
     folder = Path(folder)
     missing = [name for name in DATA_FILES if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder} lacks {', '.join(missing)}: not a report folder written by "
                          "python -m analysis")
-    runs = pd.read_csv(folder / "runs.csv")
+    frames = []
+    for name in DATA_FILES:
+        try:
+            frame = pd.read_csv(folder / name, dtype=_TEXT_COLUMNS, float_precision="round_trip")
+        except pd.errors.EmptyDataError:  # a sweep without records or timings
+            frame = pd.DataFrame(columns=["sweep", "job", "split", "step", "loss"])
+        lacking = _NEEDED.get(name, set()) - set(frame.columns)
+        if lacking:
+            raise ValueError(f"{folder / name} lacks the columns {', '.join(sorted(lacking))}: "
+                             "not written by this version of python -m analysis")
+        frames.append(frame)
+    runs, metrics, speed = frames
     if runs.empty:
         raise ValueError(f"{folder / 'runs.csv'} holds no jobs")
-    frames = []
-    for name in DATA_FILES[1:]:
-        try:
-            frames.append(pd.read_csv(folder / name))
-        except pd.errors.EmptyDataError:  # a sweep without records or timings
-            frames.append(pd.DataFrame(columns=["sweep", "job", "split", "step", "loss"]))
-    return runs, frames[0], frames[1]
+    return runs, metrics, speed
 
 
 def action_only(runs, metrics, speed):
@@ -281,21 +297,25 @@ def findings(made) -> list[str]:
         for config, rows in audit.groupby("config", sort=True):
             if not {"causal", "none"} <= set(rows["mask"]):
                 continue
-            a = rows.groupby("mask")[["val_loss_teacher_forced", "val_loss_prefix_only",
-                                      "cheating_gap", "leakage"]].mean()
             where = "" if config == "default" else f" ({config})"
-            tf, honest = a.loc["none", "val_loss_teacher_forced"], a.loc["none", "val_loss_prefix_only"]
-            verdict = (
-                "the unmasked model reads the next token from its input instead of predicting "
-                "it, and that skill is useless when generating"
-                if a.loc["none", "cheating_gap"] > CHEATING_GAP else
-                f"the gap is below {CHEATING_GAP} nats, so this model has not learned to exploit "
-                "the future (yet)")
-            out.append(
-                f"Without the causal mask{where} the teacher-forced validation loss is {tf:.3f} "
-                f"(causal: {a.loc['causal', 'val_loss_teacher_forced']:.3f}); when each position "
-                f"sees only its prefix it is {honest:.3f}: {verdict} (leakage "
-                f"{a.loc['none', 'leakage']:.3g} vs {a.loc['causal', 'leakage']:.3g}).")
+            for pos, a in rows.groupby("pos", sort=True):  # one sentence per encoding
+                a = a.set_index("mask")
+                if not {"causal", "none"} <= set(a.index):
+                    continue
+                tf = a.loc["none", "val_loss_teacher_forced"]
+                honest = a.loc["none", "val_loss_prefix_only"]
+                verdict = (
+                    "the unmasked model reads the next token from its input instead of "
+                    "predicting it, and that skill is useless when generating"
+                    if a.loc["none", "cheating_gap"] > CHEATING_GAP else
+                    f"the gap is below {CHEATING_GAP} nats, so this model has not learned to "
+                    "exploit the future (yet)")
+                out.append(
+                    f"Without the causal mask (pos={pos}{where}) the teacher-forced validation "
+                    f"loss is {tf:.3f} (causal: {a.loc['causal', 'val_loss_teacher_forced']:.3f}); "
+                    f"when each position sees only its prefix it is {honest:.3f}: {verdict} "
+                    f"(leakage {a.loc['none', 'leakage']:.3g} vs "
+                    f"{a.loc['causal', 'leakage']:.3g}).")
     tok = made.get("tokens", pd.DataFrame())
     for row in (tok[tok["tokens"] != "action"].itertuples() if not tok.empty else []):
         where = "" if row.config == "default" else f", {row.config}"
@@ -320,7 +340,8 @@ def findings(made) -> list[str]:
     if not kv.empty and kv["speedup_median"].notna().any():
         one = kv[kv["batch_size"] == kv["batch_size"].min()]
         row = one.loc[one["new_tokens"].idxmax()]  # the fixed cell: smallest batch, longest
-        interval = ("" if not np.isfinite(row["speedup_ci95_low"]) else
+        interval = (f", range {row['speedup_min']:.2f}-{row['speedup_max']:.2f}"
+                    if not np.isfinite(row["speedup_ci95_low"]) else
                     f", 95% interval {row['speedup_ci95_low']:.2f}-{row['speedup_ci95_high']:.2f}")
         out.append(
             f"KV cache at batch {int(row['batch_size'])}, {int(row['new_tokens'])} new tokens: "

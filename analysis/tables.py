@@ -123,13 +123,20 @@ def mask_audit(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+MIN_BOOTSTRAP = 6  # fewer values: the bootstrap interval of a median is just their range
+
+
 def median_ci(values, level=0.95, resamples=2000, seed=0) -> tuple[float, float, float]:
-    """(median, low, high): a percentile-bootstrap interval of the median (NaN for n < 2)."""
+    """(median, low, high): a percentile-bootstrap interval of the median.
+
+    NaN below ``MIN_BOOTSTRAP`` values: with n values the bootstrap's interval is about their
+    range, which covers the median with probability 1 - 2^(1-n) only (0.875 for 4 values), so
+    it would be no 95% interval; the tables give the range beside it."""
     v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
     if len(v) == 0:
         return math.nan, math.nan, math.nan
     med = float(np.median(v))
-    if len(v) < 2:
+    if len(v) < MIN_BOOTSTRAP:
         return med, math.nan, math.nan
     rng = np.random.default_rng(seed)
     boots = np.median(rng.choice(v, size=(resamples, len(v)), replace=True), axis=1)
@@ -169,8 +176,13 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     rows = []
     for (tokens, batch, new), cell in per_model.groupby(["tokens", "batch_size", "new_tokens"],
                                                         sort=True):
-        causal = ok[(ok["mask"] == "causal") & (ok["tokens"] == tokens)]["kv_matches"].dropna()
-        matched = f"{int(causal.sum())}/{len(causal)} causal runs" if len(causal) else "n/a"
+        causal = ok[(ok["mask"] == "causal") & (ok["tokens"] == tokens)].dropna(
+            subset=["kv_matches"])
+        # per model: a model evaluated by several jobs (cache on/off, a later sweep) counts once,
+        # and matches only if every check of it did
+        by_model = causal.groupby(causal["model_key"].fillna(causal["path"]))["kv_matches"].all()
+        matched = (f"{int(by_model.sum())}/{len(by_model)} causal models" if len(by_model)
+                   else "n/a")
         med, lo, hi = median_ci(cell["speedup"])
         rows.append({"tokens": tokens, "batch_size": batch, "new_tokens": new, "models": len(cell),
                      "speedup_median": med, "speedup_ci95_low": lo, "speedup_ci95_high": hi,

@@ -268,7 +268,7 @@ def test_analysis_writes_the_course_mdx_page(smoke_sweep, tmp_path):
     fixed = kv[kv["batch_size"] == kv["batch_size"].min()].sort_values("new_tokens").iloc[-1]
     assert f"{fixed['speedup_median']:.2f}x faster" in page  # the fixed cell, not the best
     assert f"{kv['speedup_median'].min():.2f}x-{kv['speedup_median'].max():.2f}x" in page
-    assert "4/4 causal runs" in page
+    assert "2/2 causal models" in page
     # MDX reads { and < as code: outside inline code there must be none
     prose = re.sub(r"`[^`]*`", "", page.split("---\n", 2)[2])
     assert not re.search(r"(?<!\\)[{}<]", prose)

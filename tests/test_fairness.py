@@ -108,9 +108,9 @@ def test_kv_speed_alternates_both_sides_on_one_model(monkeypatch, val_actions):
     calls = []
     original = model.generate
 
-    def spy(x, n, top_k=None, use_cache=None):
+    def spy(x, n, top_k=None, use_cache=None, **rollout):
         calls.append((x.shape[0], n, use_cache))
-        return original(x, n, top_k=top_k, use_cache=use_cache)
+        return original(x, n, top_k=top_k, use_cache=use_cache, **rollout)
 
     monkeypatch.setattr(model, "generate", spy)
     rows = evaluate.paired_generation_speed(model, val_actions[:, :4], [2], [5], 4, CPU)
