@@ -137,23 +137,21 @@ def config_labels(configs: list[dict], with_tokens: bool = True) -> list[str]:
 def pos_labels(configs: list[dict]) -> list[str]:
     """The encoding's name, plus its settings where runs of that encoding differ in them:
     ``sinusoidal(amplitude=1.0)`` beside ``sinusoidal(amplitude=None)``, plain ``rope``."""
-    flat = [_flatten(c.get("pos") or {}) for c in configs]
-    names = [f.get("name") for f in flat]
-    labels = [None] * len(flat)
-    for name in set(names):
-        idx = [i for i, n in enumerate(names) if n == name]
-        group = [{k: v for k, v in flat[i].items() if k != "name"} for i in idx]
-        for i, extra in zip(idx, _differing(group)):
-            labels[i] = name if extra == "default" else f"{name}({extra})"
-    return labels
+    return _group_labels([c.get("pos") or {} for c in configs], None)
 
 
 def tokens_labels(configs: list[dict]) -> list[str]:
     """The token layout's name (``action`` where a config has none), plus its settings where
     runs of that layout differ in them: ``state_action(loss=action)`` beside
     ``state_action(loss=all)``, plain ``state_action`` when all agree."""
-    flat = [_flatten(c.get("tokens") or {"name": "action"}) for c in configs]
-    names = [f.get("name", "action") for f in flat]
+    return _group_labels([c.get("tokens") or {} for c in configs], "action")
+
+
+def _group_labels(groups: list[dict], default_name) -> list[str]:
+    """One config group per run -> its ``name``, plus the settings in which runs of that name
+    differ, e.g. ``name(key=value)``."""
+    flat = [_flatten(g) for g in groups]
+    names = [f.get("name", default_name) for f in flat]
     labels = [None] * len(flat)
     for name in set(names):
         idx = [i for i, n in enumerate(names) if n == name]
