@@ -1,6 +1,7 @@
 """Why our linear layer stores (in, out): the two weight layouts, one token and one batch.
 
     python benchmarks/linear_layout.py [--rounds 15] [--repeats 50] [--tokens 1568]
+                                       [--dtype fp32|bf16]
 
 The model's 21 matrices (4 blocks of qkv, out, gate, up, down, and the head), each a distinct
 tensor as in the model, so that reading them all per token costs what it costs in decoding.
@@ -8,7 +9,8 @@ Two rows per case: ``nn.Linear``'s (out, in) layout computed as ``F.linear(x, W)
 (in, out) computed as ``x @ W``. Cases: one token (cached decoding at batch 1) forward only,
 and ``--tokens`` rows (a training batch of 32 x 49) forward and backward. Rounds alternate
 the two layouts; the table shows the median time per pass over the 21 matrices, the spread
-and the median of the per-round ratios.
+and the median of the per-round ratios. ``--dtype bf16`` stores weights and inputs in bfloat16
+(the evaluations' decoding where the CPU computes bf16 natively).
 """
 
 import argparse
@@ -27,17 +29,22 @@ def main():
     parser.add_argument("--repeats", type=int, default=50, help="passes per timed round")
     parser.add_argument("--tokens", type=int, default=32 * 49, help="rows of the training case")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    ours = [torch.randn(i, o, requires_grad=True) for i, o in SHAPES]  # (in, out)
-    theirs = [torch.randn(o, i, requires_grad=True) for i, o in SHAPES]  # nn.Linear's (out, in)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(SHAPES)} matrices, "
-          f"{sum(i * o for i, o in SHAPES) * 4 / 1e6:.1f} MB of float32 weights", flush=True)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    ours = [torch.randn(i, o, dtype=dtype, requires_grad=True) for i, o in SHAPES]  # (in, out)
+    theirs = [torch.randn(o, i, dtype=dtype, requires_grad=True)  # nn.Linear's (out, in)
+              for i, o in SHAPES]
+    size = sum(i * o for i, o in SHAPES) * ours[0].element_size() / 1e6
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {len(SHAPES)} matrices, {size:.1f} MB of "
+          f"{args.dtype} weights", flush=True)
 
     def case(rows, backward):
-        xs = {n: torch.randn(rows, n, requires_grad=backward) for n in (256, 1024)}
+        xs = {n: torch.randn(rows, n, dtype=dtype, requires_grad=backward) for n in (256, 1024)}
 
         def run(weights, apply):
             with torch.set_grad_enabled(backward):

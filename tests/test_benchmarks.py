@@ -26,11 +26,25 @@ def test_data_generation_benchmark():
 
 def test_generation_benchmark():
     out = bench("generation.py", "--no-llama", "--batch-sizes", "1", "2", "--new-tokens", "3", "6",
-                "--repeats", "2", "--dtypes", "fp32", "bf16")
+                "--repeats", "2", "--dtypes", "fp32", "bf16")  # both attention paths by default
     for path in ("ours, cache on", "ours, cache off"):
-        assert out.count(path) == 8  # 2 dtypes x 2 batch sizes x 2 lengths
-    assert out.count("cache on / off =") == 8
-    assert out.count("  bf16, batch") == 4
+        assert out.count(path) == 16  # 2 dtypes x 2 attention paths x 2 batch sizes x 2 lengths
+    assert out.count("cache on / off =") == 16
+    assert out.count("  bf16, ") == 8 and out.count(" sdpa, batch") == 8
+    assert "attention: manual, sdpa" in out and "Llama" not in out
+
+
+def test_generation_benchmark_pairs_attention_with_llama():
+    """Each of our attention paths is compared with Llama's of the same kind, never across."""
+    pytest.importorskip("transformers")
+    out = bench("generation.py", "--batch-sizes", "1", "--new-tokens", "3", "--repeats", "1",
+                "--dtypes", "bf16", "--attn-impls", "manual", "sdpa")
+    assert "ours manual vs Llama eager, ours sdpa vs Llama sdpa" in out
+    # "Llama (eager), cache on" then the attention column
+    table = [line.split() for line in out.splitlines() if line.startswith("Llama (")]
+    assert sorted((cols[1], cols[4]) for cols in table) == [("(eager),", "manual"),
+                                                            ("(sdpa),", "sdpa")]
+    assert out.count("ours cached / Llama cached =") == 2
 
 
 def test_train_throughput_benchmark():
@@ -93,4 +107,7 @@ def test_linear_layout_benchmark():
     out = bench("linear_layout.py", "--rounds", "2", "--repeats", "2", "--tokens", "8")
     assert out.count("(out, in): F.linear") == 2 and out.count("(in, out): x @ W") == 2
     assert "1 token, forward (decoding)" in out and "8 tokens, forward + backward" in out
-    assert "17.0 MB of float32 weights" in out  # the 21 matrices of the model
+    assert "17.0 MB of fp32 weights" in out  # the 21 matrices of the model
+    out = bench("linear_layout.py", "--rounds", "1", "--repeats", "1", "--tokens", "4",
+                "--dtype", "bf16")
+    assert "8.5 MB of bf16 weights" in out and out.count("(in, out): x @ W") == 2
