@@ -45,7 +45,7 @@ def _job_order(rel: Path):
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: bad JSON or bytes that are not text
         return None
 
 
@@ -82,9 +82,14 @@ def _status(summary) -> str:
 
 def _training_config(job: Path, summary: dict) -> dict:
     """What the job's model was trained with, minus the seed: from summary.json (written by the
-    run itself) or, for a job that wrote none, from Hydra's saved config."""
+    run itself when it ends), else from the folder's binding (written when the job starts, so
+    a running job's config is the resolved one too, e.g. ``train.precision=bf16`` where Hydra's
+    file says ``auto``), else, for a job that wrote neither, from Hydra's saved config."""
     config = summary.get("training_config")
-    if config is None:
+    if not isinstance(config, dict):
+        binding = _read_json(job / BINDING)
+        config = binding.get("training") if isinstance(binding, dict) else None
+    if not isinstance(config, dict):
         try:
             config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) or {}
         except (OSError, yaml.YAMLError):
@@ -101,6 +106,10 @@ def _training_config(job: Path, summary: dict) -> dict:
         config["pos"] = {**pos, "amplitude": 1.0}  # written before the matched amplitude
     return {k: v for k, v in config.items() if k != "seed"}
 
+
+# the file a job writes when it starts, holding its resolved training config under "training"
+# (vla_ablate/runfolder.py, BINDING; the analysis imports nothing from the package)
+BINDING = "training_config.json"
 
 # keys of Hydra's config that do not change training (vla_ablate/run.py, _NOT_TRAINING); the
 # analysis reads run folders only, so it keeps its own copy for jobs without training_config

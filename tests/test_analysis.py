@@ -171,6 +171,33 @@ def test_crashed_and_running_jobs_are_listed(smoke_sweep, tmp_path):
     assert len(pd.read_csv(tmp_path / "out" / "positional.csv")) == 2  # still analysed
 
 
+def test_running_job_is_labelled_by_its_resolved_config(smoke_sweep, tmp_path):
+    """A job still running has no training config in its summary yet: its label comes from the
+    binding it wrote at start (train.precision resolved), not from Hydra's "auto", so the
+    completed jobs' labels do not change while a sweep is under way."""
+    from analysis.collect import load_runs
+
+    sweep, _ = smoke_sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("models", "checkpoints"))
+    job = sorted(p.parent for p in copy.glob("*/.hydra"))[0]
+    assert json.loads((job / "summary.json").read_text())["training_config"]["train"][
+        "precision"] in ("fp32", "bf16")  # resolved where the job ran
+    assert "precision: auto" in (job / ".hydra" / "config.yaml").read_text()  # Hydra's, unresolved
+    binding = json.loads((job / "training_config.json").read_text())
+    binding["training"]["seed"] = 7  # the seed is never part of the label
+    (job / "training_config.json").write_text(json.dumps(binding))
+    (job / "summary.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
+                                                  "host": os.uname().nodename}))
+    runs = load_runs(copy)
+    assert runs["config"].unique().tolist() == ["default"], runs[["job", "config"]]
+    assert (runs.set_index("path").loc[str(job), "status"]) == "running"
+    (job / "training_config.json").write_text("{not json")  # unreadable: Hydra's file it is
+    assert "train.precision=auto" in load_runs(copy)["config"].tolist()
+    (job / "training_config.json").write_text('["a list"]')
+    assert "train.precision=auto" in load_runs(copy)["config"].tolist()
+
+
 def test_notebook_executes_headless(smoke_sweep, tmp_path):
     from nbclient import NotebookClient
 
