@@ -197,7 +197,8 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
                                            if row["tokens"] == "action" else None)
             for key in ("val_loss", "val_perplexity", "train_loss", "best_val_loss", "steps",
                         "wall_time_s", "wall_time_total_s", "train_time_s", "train_tokens_per_s", "diverged_step",
-                        "model_key", "trained_here", "num_parameters", "precision", "error"):
+                        "model_key", "trained_here", "num_parameters", "precision", "error",
+                        "git_commit"):
                 row[key] = s.get(key)
             data = configs[-1].get("data") or {}
             row["data_varies_with_seed"] = bool(data.get("vary_with_seed")) and not data.get("path")

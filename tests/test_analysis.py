@@ -78,6 +78,10 @@ def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
 
     summary = json.loads(next(sweep.glob("*/summary.json")).read_text())
     assert set(summary["mask_audit"]) == set(AUDIT_FIGURES) <= set(audit)  # one name each
+    runs = pd.read_csv(out / "runs.csv", dtype=str, keep_default_na=False)
+    commits = {str(p.parent): json.loads(p.read_text()).get("git_commit") or ""
+               for p in sweep.glob("*/summary.json")}
+    assert dict(zip(runs["path"], runs["git_commit"])) == commits  # which code made each row
     assert (audit[audit["mask"] == "causal"]["leakage"] < 1e-4).all()
     kv = pd.read_csv(out / "kv_cache.csv")
     assert set(zip(kv["batch_size"], kv["new_tokens"])) == {(1, 4), (1, 8), (2, 4), (2, 8)}
