@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, tables
 
 NOISE_FLOOR = math.log(5)  # the token noise u in {-2..2}: no model predicts it
 UNIFORM = math.log(256)
@@ -180,7 +180,8 @@ def _kv_section(made, image) -> str:
         f"alternately on the same trained model: at batch {_int(fixed.get('batch_size'))} with "
         f"{_int(fixed.get('new_tokens'))} new tokens the cache is "
         f"{_f(_float(fixed.get('speedup_median')), 2)}x faster (median over "
-        f"{_int(fixed.get('models'))} models, {_spread(fixed)}); over all cells the median ranges "
+        f"{_int(fixed.get('models'))} models, {tables.speedup_spread(fixed)}); over all cells "
+        "the median ranges "
         f"{_f(float(speedup.min()), 2)}x-{_f(float(speedup.max()), 2)}x. "
         "Cached decoding reproduced the full pass's logits step by step in "
         f"{_esc(matched)}. Without the causal mask the two differ by construction (a decode "
@@ -194,15 +195,6 @@ def _kv_section(made, image) -> str:
     if image:
         lines += ["", _image("KV-cache generation speed", image)]
     return "\n".join(lines + [""])
-
-
-def _spread(cell) -> str:
-    """The 95% interval of a KV cell, or its range where too few models give none."""
-    lo, hi = _float(cell.get("speedup_ci95_low")), _float(cell.get("speedup_ci95_high"))
-    if np.isfinite(lo) and np.isfinite(hi):
-        return f"95% interval {_f(lo, 2)}-{_f(hi, 2)}"
-    return (f"range {_f(_float(cell.get('speedup_min')), 2)}-"
-            f"{_f(_float(cell.get('speedup_max')), 2)}")
 
 
 def _rope_section(made, image) -> str:

@@ -340,12 +340,10 @@ def findings(made) -> list[str]:
     if not kv.empty and kv["speedup_median"].notna().any():
         one = kv[kv["batch_size"] == kv["batch_size"].min()]
         row = one.loc[one["new_tokens"].idxmax()]  # the fixed cell: smallest batch, longest
-        interval = (f", range {row['speedup_min']:.2f}-{row['speedup_max']:.2f}"
-                    if not np.isfinite(row["speedup_ci95_low"]) else
-                    f", 95% interval {row['speedup_ci95_low']:.2f}-{row['speedup_ci95_high']:.2f}")
         out.append(
             f"KV cache at batch {int(row['batch_size'])}, {int(row['new_tokens'])} new tokens: "
-            f"{row['speedup_median']:.2f}x (median over {int(row['models'])} model(s){interval}); "
+            f"{row['speedup_median']:.2f}x (median over {int(row['models'])} model(s), "
+            f"{tables.speedup_spread(row)}); "
             f"across all cells the median speed-up ranges {kv['speedup_median'].min():.2f}x-"
             f"{kv['speedup_median'].max():.2f}x. Cached decoding matched the full pass in "
             f"{row['cached_decode_matched']}; without a causal mask the two differ by "

@@ -144,6 +144,23 @@ def median_ci(values, level=0.95, resamples=2000, seed=0) -> tuple[float, float,
     return med, float(np.percentile(boots, tail)), float(np.percentile(boots, 100 - tail))
 
 
+def speedup_spread(cell) -> str:
+    """How sure a KV cell's median speed-up is: its 95% interval (``median_ci``), or the
+    models' range where too few models (< ``MIN_BOOTSTRAP``) give none. ``cell``: a row of
+    ``kv_cache`` (a Series or dict); absent values read "n/a"."""
+    def num(key):
+        try:
+            value = float(cell.get(key))
+        except (TypeError, ValueError):
+            return "n/a"
+        return f"{value:.2f}" if np.isfinite(value) else "n/a"
+
+    lo, hi = num("speedup_ci95_low"), num("speedup_ci95_high")
+    if "n/a" not in (lo, hi):
+        return f"95% interval {lo}-{hi}"
+    return f"range {num('speedup_min')}-{num('speedup_max')}"
+
+
 def kv_cache(runs, speed) -> pd.DataFrame:
     """The KV cache's paired speed-up per (token layout, batch size, new tokens), across
     trained models.
