@@ -324,3 +324,14 @@ def test_checkpoint_rebuilds_model_from_file_alone(tmp_path):
     torch.save({**state, "version": 1}, path)  # the (out, in) layout of earlier versions
     with pytest.raises(ValueError, match="checkpoint version 1 is not 2"):
         load_model_from_checkpoint(path)
+
+
+def test_a_full_training_pass_traces_as_one_graph():
+    """``train.compile`` compiles the training step whole: no graph break (as a tensor read to a
+    Python int would make) splits it."""
+    import torch._dynamo
+
+    model = DecoderOnlyTransformer(**SMALL)
+    x = torch.randint(0, 256, (2, 12))
+    explained = torch._dynamo.explain(model)(x[:, :-1], x[:, 1:])
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)

@@ -95,7 +95,9 @@ class DecoderOnlyTransformer(nn.Module):
         cached = self.blocks[0].attention.kv_cache is not None
         if input_pos is None:
             input_pos = torch.arange(T, device=input_ids.device)
-        end = int(input_pos[-1]) + 1
+            end = T  # known without reading a tensor: no graph break in a compiled full pass
+        else:
+            end = int(input_pos[-1]) + 1
         if end > self.max_seq_len:
             raise ValueError(f"position {end - 1} is beyond max_seq_len={self.max_seq_len}")
         key_pos = torch.arange(end, device=input_ids.device) if cached else input_pos
