@@ -1,9 +1,9 @@
 """torch.compile of the training step and of the cached decode step, against eager mode.
 
-    python benchmarks/compile_step.py [--steps 30] [--new-tokens 50]
+    python benchmarks/compile_step.py [--steps 30] [--new-tokens 50] [--precision auto]
 
-Training: the default model (batch 64 x 49 tokens, precision as ``train.precision=auto``
-resolves here) for ``--steps`` steps eagerly and compiled, the same weights; the compiled side's
+Training: the default model (batch 64 x 49 tokens, in ``--precision``: by default as
+``train.precision=auto`` resolves here) for ``--steps`` steps eagerly and compiled, the same weights; the compiled side's
 first step includes the compilation. The table gives the compile time, the median step time of
 each side after it, and the steps a run needs before compiling pays for itself (the default run
 takes ``train.steps`` of them). Decoding: greedy generation of ``--new-tokens`` at batch 1 with
@@ -49,10 +49,12 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="of the training step (default: as train.precision=auto resolves)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision, why = resolve_precision("auto", torch.device("cpu"))
+    precision, why = resolve_precision(args.precision, torch.device("cpu"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, precision {precision} ({why})", flush=True)
     torch.manual_seed(0)

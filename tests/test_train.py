@@ -236,3 +236,48 @@ def test_a_resumed_time_budget_keeps_its_horizon_reason_and_warmup_overrun(monke
     overrun = T.TimeBudget(cfg, elapsed_before=70.0, horizon=60, log=lambda m: None, hard=False)
     assert not overrun.is_last(30) and overrun.is_last(60)
     assert budget.is_last(30)  # a hard budget that is spent ends at once
+
+
+def test_compile_auto_compiles_long_cpu_runs_where_a_compiler_exists(monkeypatch):
+    from vla_ablate import train as training
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
+    long, short = training.CPU_COMPILE_MIN_STEPS, training.CPU_COMPILE_MIN_STEPS - 1
+    assert training.use_compile("auto", cpu, long) and not training.use_compile("auto", cpu, short)
+    assert training.use_compile("auto", cuda, 10) and training.use_compile("on", cpu, 10)
+    assert not training.use_compile("off", cuda, long)
+    # the evaluations' decode step: compiled on CUDA (or when asked), not on a CPU
+    assert not training.use_compile_decode("auto", cpu) and training.use_compile_decode("on", cpu)
+    assert training.use_compile_decode("auto", cuda)
+    monkeypatch.setenv("CXX", "my-c++")
+    assert training.cpp_compiler() == "/usr/bin/my-c++"
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)  # no compiler: stay eager
+    assert training.cpp_compiler() is None and not training.use_compile("auto", cpu, long)
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_trains_like_the_eager_one(tmp_path, actions):
+    from vla_ablate.train import cpp_compiler
+
+    if cpp_compiler() is None:
+        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    cfg = tcfg(steps=6, eval_every=6, checkpoint_every=6)
+    logs = []
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(**{**ARGS, "dropout": 0.0})
+    eager_model = DecoderOnlyTransformer(**{**ARGS, "dropout": 0.0})
+    eager_model.load_state_dict(model.state_dict())
+    init = [p.detach().clone() for p in model.parameters()]
+    results = {}
+    for name, m, mode in (("compiled", model, "on"), ("eager", eager_model, "off")):
+        cfg.compile = mode
+        results[name] = train(m, {**ARGS, "dropout": 0.0}, BatchSource(actions[:64], 8, 0),
+                              actions[64:], cfg, tmp_path / name, torch.device("cpu"), 0,
+                              log=logs.append, precision="fp32")
+    assert any("compiling the training step" in line for line in logs)
+    assert results["compiled"].val_loss == pytest.approx(results["eager"].val_loss, abs=1e-3)
+    # the same updates, up to float rounding (Muon's bf16 iterations amplify it a little)
+    for a, b, start in zip(model.parameters(), eager_model.parameters(), init):
+        moved = (b - start).norm()
+        assert moved > 0 and (a - b).norm() <= 0.05 * moved

@@ -58,7 +58,7 @@ from vla_ablate.train import (
     TrainingInterrupted,
     load_checkpoint,
     train,
-    use_compile,
+    use_compile_decode,
 )
 
 EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": 2, "diverged": 3, "interrupted": 130}
@@ -343,7 +343,8 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                                                 layout),
     }
     gen_model = evaluate.generation_model(model, precision,
-                                          compile_decode=use_compile(cfg.train.compile, device))
+                                          compile_decode=use_compile_decode(cfg.train.compile,
+                                                                            device))
     new = min(20, cfg.model.max_seq_len - e.gen_prompt_len)  # steps checked for consistency
     prompts, given = rollout_inputs(cfg, layout, val_actions, new)
     first = None if given is None else given[:4, :new]

@@ -9,7 +9,9 @@ data order needs no state of its own.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -345,7 +347,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     optimizer = make_optimizer(model, tcfg)
     # fp16's range is too narrow for raw gradients: scale the loss (a no-op in other precisions)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step_fn = compiled(model, tcfg.compile, log)
+    step_fn = compiled(model, tcfg.compile, tcfg.steps, log)
     torch.manual_seed(seed)
     start, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
     horizon, hard = None, True
@@ -492,19 +494,42 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     return result
 
 
-def use_compile(mode: str, device) -> bool:
-    """``train.compile``: ``on``, ``off``, or ``auto``, which compiles on CUDA only for now. On
-    a CPU a compiled step measured 0.76x the eager time after a 30 s compile, which would repay
-    itself in a default run, but it needs a C++ compiler at run time and the measured default
-    run is eager (docs/benchmarks.md, "Compiling the step")."""
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile builds CPU kernels with ($CXX, else g++), if installed."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
+CPU_COMPILE_MIN_STEPS = 1000  # train.compile=auto compiles a CPU run of at least this many steps
+
+
+def use_compile(mode: str, device, steps: int | None = None) -> bool:
+    """``train.compile`` for the training step: ``on``, ``off``, or ``auto``: on CUDA, and on a
+    CPU for a run of ``CPU_COMPILE_MIN_STEPS`` steps or more where a C++ compiler is installed.
+    On the development CPU compiling costs ~30 s and a compiled step of the default model takes
+    ~0.76x the eager time, so a run repays it after a few hundred steps, a short one never
+    (docs/benchmarks.md, "Compiling the step")."""
+    if mode != "auto":
+        return mode == "on"
+    kind = torch.device(device).type
+    return kind == "cuda" or (kind == "cpu" and (steps or 0) >= CPU_COMPILE_MIN_STEPS
+                              and cpp_compiler() is not None)
+
+
+def use_compile_decode(mode: str, device) -> bool:
+    """``train.compile`` for the evaluations' decode step: ``on``, or ``auto`` on CUDA only. On a
+    CPU its compilations (a new one per batch size and grad mode) cost more than they save in
+    the evaluations (docs/benchmarks.md, "Compiling the step")."""
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
 
 
-def compiled(model, mode: str, log=print):
+def compiled(model, mode: str, steps: int, log=print):
     """The model's forward for training steps, ``torch.compile``d when ``train.compile`` says so."""
-    if not use_compile(mode, next(model.parameters()).device):
+    device = next(model.parameters()).device
+    if not use_compile(mode, device, steps):
         return model
-    log("compiling the training step (torch.compile; the first steps are slow)")
+    why = "" if mode == "on" else (f", train.compile=auto: {cpp_compiler()} builds its CPU "
+                                   "kernels" if device.type == "cpu" else ", train.compile=auto")
+    log(f"compiling the training step (torch.compile{why}; the first steps are slow)")
     return torch.compile(model, dynamic=False)
 
 
