@@ -111,18 +111,3 @@ def test_linear_layout_benchmark():
     out = bench("linear_layout.py", "--rounds", "1", "--repeats", "1", "--tokens", "4",
                 "--dtype", "bf16")
     assert "8.5 MB of bf16 weights" in out and out.count("(in, out): x @ W") == 2
-
-
-def test_decode_attention_benchmark():
-    out = bench("decode_attention.py", "--rounds", "2", "--batch-sizes", "1", "2",
-                "--new-tokens", "3", "5")
-    assert "bf16 weights and KV cache, manual attention" in out
-    table = re.findall(r"^\s+(\d+)\s+(\d+)  (float32 products|bf16 kernel)\s+[\d,.]+\s+[\d.]+$",
-                       out, re.MULTILINE)
-    assert sorted(table) == sorted((b, n, side) for b in "12" for n in "35"
-                                   for side in ("float32 products", "bf16 kernel"))
-    ratios = re.findall(r"new tokens: ([\d.]+)x \(([\d.]+)-([\d.]+)\); greedy tokens (\w+)", out)
-    assert len(ratios) == 4
-    for ratio, lo, hi, same in ratios:
-        assert float(lo) <= float(ratio) <= float(hi)
-        assert same == "identical"

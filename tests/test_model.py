@@ -166,46 +166,6 @@ def test_kv_cache_logits_equal_full_pass(pos, attn_impl, prompt_len):
     assert (cached - full).abs().max() < 1e-5
 
 
-def test_low_precision_product_via_float32_rounds_like_the_kernel():
-    from vla_ablate.model.attention import matmul_via_float32, one_query_low_precision_cpu
-
-    torch.manual_seed(0)
-    for dtype in (torch.bfloat16, torch.float16):
-        q, k = torch.randn(2, 4, 1, 8).to(dtype), torch.randn(2, 4, 30, 8).to(dtype)
-        fast, kernel = matmul_via_float32(q, k.transpose(-2, -1)), q @ k.transpose(-2, -1)
-        exact = q.double() @ k.double().transpose(-2, -1)
-        assert fast.dtype == dtype
-        # one rounding of float32 sums: within half a unit in the last place of the exact value
-        ulp = exact.abs().clamp(min=1e-3) * torch.finfo(dtype).eps
-        assert ((fast.double() - exact).abs() <= ulp / 2 + 1e-6).all()
-        assert ((fast.double() - kernel.double()).abs() <= ulp).all()
-        assert one_query_low_precision_cpu(q) and not one_query_low_precision_cpu(k)
-    assert not one_query_low_precision_cpu(torch.randn(1, 4, 1, 8))  # float32 keeps torch's
-
-
-def test_bf16_decoding_steps_take_the_float32_product_and_agree(monkeypatch):
-    import vla_ablate.model.attention as attention
-
-    model = small_model("rope").to(torch.bfloat16)
-    prompt = torch.randint(0, 256, (2, 5))
-    calls = []
-    fast = attention.matmul_via_float32
-    monkeypatch.setattr(attention, "matmul_via_float32",
-                        lambda a, b: calls.append(a.shape) or fast(a, b))
-    a = model.generate(prompt, 20, top_k=1, use_cache=True)
-    # two products per layer in each of the 19 one-token steps after the prompt's prefill
-    assert len(calls) == 2 * len(model.blocks) * 19
-    assert all(shape[-2] == 1 for shape in calls)
-    x = torch.cat([prompt, torch.randint(0, 256, (2, 20))], dim=1)
-    cached = cached_step_logits(model, x, 5).float()
-    monkeypatch.setattr(attention, "one_query_low_precision_cpu", lambda q: False)
-    kernel = cached_step_logits(model, x, 5).float()
-    assert torch.equal(model.generate(prompt, 20, top_k=1, use_cache=True), a)
-    assert (cached - kernel).abs().max() <= 0.0625  # the sums' order, within bf16 rounding
-    full = model(x)[0].float()
-    assert (cached - full).abs().max() <= 0.0625
-
-
 @pytest.mark.parametrize("pos", POS)
 def test_greedy_decodes_agree_token_for_token(pos):
     model = small_model(pos)

@@ -12,7 +12,6 @@ from vla_ablate.model.linear import Linear
 from vla_ablate.model.positions.rope import RotaryPositionalEmbedding, apply_rotary
 
 ATTN_IMPLS = ("manual", "sdpa")
-LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class KVCache(nn.Module):
@@ -114,10 +113,9 @@ class CausalSelfAttention(nn.Module):
         return self.rope.rotary(input_pos)
 
     def _manual(self, q, k, v, attn_mask, is_causal, dropout_p, need_weights):
-        matmul = matmul_via_float32 if one_query_low_precision_cpu(q) else torch.matmul
         # in place on the fresh product: fewer passes over the (B, nh, Tq, Tk) scores (the
         # product's backward needs q and k, not the product, so autograd allows it)
-        scores = matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(self.head_dim))
+        scores = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(self.head_dim))
         if is_causal and attn_mask is None:
             scores = scores.masked_fill_(causal_forbidden(*scores.shape[-2:], scores.device),
                                          float("-inf"))
@@ -128,26 +126,7 @@ class CausalSelfAttention(nn.Module):
             self.last_attn = weights.detach()
         if dropout_p:
             weights = F.dropout(weights, p=dropout_p)
-        return matmul(weights, v)  # (B, nh, Tq, hs)
-
-
-def one_query_low_precision_cpu(q: torch.Tensor) -> bool:
-    """A cached decoding step (one query) of a bf16/fp16 model on a CPU.
-
-    There torch's bf16 batched matrix product of a (1, D) query against (T, D) keys costs several
-    times the float32 one (about 165 us against 13 us per call in a profile of batch-1 decoding:
-    docs/benchmarks.md, "Generation"), a third of a decoded token's time.
-    """
-    return q.shape[-2] == 1 and q.dtype in LOW_PRECISION and q.device.type == "cpu"
-
-
-def matmul_via_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of low-precision tensors, computed in float32 and rounded once to their dtype.
-
-    The arithmetic of the low-precision kernel (exact products, float32 sums, one rounding), so
-    a decoding step scores as the full pass does, up to the order of the sums.
-    """
-    return (a.float() @ b.float()).to(a.dtype)
+        return weights @ v  # (B, nh, Tq, hs)
 
 
 def causal_forbidden(tq: int, tk: int, device=None) -> torch.Tensor:
