@@ -9,13 +9,15 @@ prompt, the same number of new tokens, the full context every step (no cropping)
 a warm-up call, then ``--repeats`` timed calls (fewer when one call exceeds ``--max-seconds``);
 the table shows the median, the spread (max - min) and the number of repeats. Our cached path
 and the Llama baseline (``pip install -e ".[bench]"``) are timed in alternation, so drifts of
-the machine hit both alike. Every comparison is at one dtype (``--dtypes``): both models' weights
-and KV caches in fp32, or both in bf16. And at one kind of attention (``--attn-impls``): our
-written-out attention (``model.attn_impl=manual``, the default) against Llama's written-out one
-(``attn_implementation="eager"``), our ``sdpa`` against Llama's ``sdpa`` (transformers' default).
-The table is read within a pairing; our two attention paths are timed one after the other,
-not in alternation. Goals: cached >= 2x uncached at 50 new tokens and >= 5x at 400 (batch 1);
-cached >= 1.5x Llama's cached decoding at batch 1, in each pairing.
+the machine hit both alike; their ratio is given as the ratio of the medians and, paired by
+repeat, as the median and range of the per-repeat ratios. Every comparison is at one dtype
+(``--dtypes``): both models' weights and KV caches in fp32, or both in bf16. And at one kind of
+attention (``--attn-impls``): our written-out attention (``model.attn_impl=manual``, the
+default) against Llama's written-out one (``attn_implementation="eager"``), our ``sdpa`` against
+Llama's ``sdpa`` (transformers' default). The table is read within a pairing; our two attention
+paths are timed one after the other, not in alternation. Goals: cached >= 2x uncached at 50 new
+tokens and >= 5x at 400 (batch 1); cached >= 1.5x Llama's cached decoding at batch 1, in each
+pairing.
 """
 
 import argparse
@@ -74,7 +76,7 @@ def row(label, dtype, attn, batch, n, times):
     med = statistics.median(times)
     return {"path": label, "dtype": dtype, "attn": attn, "batch": batch, "new": n,
             "tok_s": batch * n / med, "median_s": med, "spread_s": max(times) - min(times),
-            "runs": len(times)}
+            "runs": len(times), "times": times}
 
 
 def main():
@@ -156,14 +158,18 @@ def main():
     print("\nratios (tokens/s, same dtype, same kind of attention):")
     for dtype, impl, batch, n in itertools.product(args.dtypes, args.attn_impls,
                                                    args.batch_sizes, args.new_tokens):
-        get = {r["path"]: r["tok_s"] for r in rows
-               if (r["dtype"], r["attn"], r["batch"], r["new"]) == (dtype, impl, batch, n)}
+        cell = {r["path"]: r for r in rows
+                if (r["dtype"], r["attn"], r["batch"], r["new"]) == (dtype, impl, batch, n)}
+        ours = cell["ours, cache on"]
         line = (f"  {dtype}, {impl:>6}, batch {batch:>2}, {n:>3} new: cache on / off = "
-                f"{get['ours, cache on'] / get['ours, cache off']:.2f}x")
-        llama_row = f"Llama ({llama_attn.get(impl)}), cache on"
-        if llama_row in get:
-            line += (f"; ours cached / Llama cached = "
-                     f"{get['ours, cache on'] / get[llama_row]:.2f}x")
+                f"{ours['tok_s'] / cell['ours, cache off']['tok_s']:.2f}x")
+        llama_row = cell.get(f"Llama ({llama_attn.get(impl)}), cache on")
+        if llama_row:
+            # timed in alternation: repeat i of each side ran back to back, so pair them
+            paired = [b / a for a, b in zip(ours["times"], llama_row["times"])]
+            line += (f"; ours cached / Llama cached = {ours['tok_s'] / llama_row['tok_s']:.2f}x "
+                     f"(paired by repeat: median {statistics.median(paired):.2f}x, "
+                     f"{min(paired):.2f}-{max(paired):.2f})")
         print(line)
 
 

@@ -37,7 +37,7 @@ def test_generation_benchmark():
 def test_generation_benchmark_pairs_attention_with_llama():
     """Each of our attention paths is compared with Llama's of the same kind, never across."""
     pytest.importorskip("transformers")
-    out = bench("generation.py", "--batch-sizes", "1", "--new-tokens", "3", "--repeats", "1",
+    out = bench("generation.py", "--batch-sizes", "1", "--new-tokens", "3", "--repeats", "3",
                 "--dtypes", "bf16", "--attn-impls", "manual", "sdpa")
     assert "ours manual vs Llama eager, ours sdpa vs Llama sdpa" in out
     # "Llama (eager), cache on" then the attention column
@@ -45,6 +45,10 @@ def test_generation_benchmark_pairs_attention_with_llama():
     assert sorted((cols[1], cols[4]) for cols in table) == [("(eager),", "manual"),
                                                             ("(sdpa),", "sdpa")]
     assert out.count("ours cached / Llama cached =") == 2
+    paired = re.findall(r"paired by repeat: median ([\d.]+)x, ([\d.]+)-([\d.]+)\)", out)
+    assert len(paired) == 2
+    for median, lo, hi in paired:
+        assert 0 < float(lo) <= float(median) <= float(hi)
 
 
 def test_train_throughput_benchmark():

@@ -89,7 +89,7 @@ class TrainConfig:
     concurrent_jobs: int = 1  # jobs sharing this machine (the joblib launcher sets it)
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16 | fp16 (CUDA)
-    compile: str = "auto"  # auto (CUDA only) | on | off: torch.compile the training step
+    compile: str = "auto"  # auto | on | off: torch.compile (train.use_compile, use_compile_decode)
     share_models: bool = True  # jobs differing only in inference settings share one model
     progress: bool = True
 
