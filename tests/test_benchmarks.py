@@ -115,3 +115,9 @@ def test_linear_layout_benchmark():
     out = bench("linear_layout.py", "--rounds", "1", "--repeats", "1", "--tokens", "4",
                 "--dtype", "bf16")
     assert "8.5 MB of bf16 weights" in out and out.count("(in, out): x @ W") == 2
+
+
+def test_profile_decode_lists_the_operators():
+    out = bench("profile_decode.py", "--new-tokens", "3", "--rows", "5")
+    assert "bf16 weights and KV cache, 3 new tokens at batch 1" in out
+    assert "aten::mm" in out and "Self CPU time total" in out
