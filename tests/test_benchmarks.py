@@ -45,10 +45,8 @@ def test_generation_benchmark_pairs_attention_with_llama():
     assert sorted((cols[1], cols[4]) for cols in table) == [("(eager),", "manual"),
                                                             ("(sdpa),", "sdpa")]
     assert out.count("ours cached / Llama cached =") == 2
-    paired = re.findall(r"paired by repeat: median ([\d.]+)x, ([\d.]+)-([\d.]+)\)", out)
-    assert len(paired) == 2
-    for median, lo, hi in paired:
-        assert 0 < float(lo) <= float(median) <= float(hi)
+    # and paired by repeat (the two sides alternate): the median and range of the ratios
+    assert len(re.findall(r"paired by repeat: median [\d.]+x, [\d.]+-[\d.]+\)", out)) == 2
 
 
 def test_train_throughput_benchmark():
@@ -120,4 +118,4 @@ def test_linear_layout_benchmark():
 def test_profile_decode_lists_the_operators():
     out = bench("profile_decode.py", "--new-tokens", "3", "--rows", "5")
     assert "bf16 weights and KV cache, 3 new tokens at batch 1" in out
-    assert "aten::mm" in out and "Self CPU time total" in out
+    assert "Self CPU time total" in out and out.count("aten::") >= 5

@@ -276,8 +276,49 @@ def test_a_compiled_training_step_trains_like_the_eager_one(tmp_path, actions):
                               actions[64:], cfg, tmp_path / name, torch.device("cpu"), 0,
                               log=logs.append, precision="fp32")
     assert any("compiling the training step" in line for line in logs)
+    assert results["compiled"].compiled is True and results["eager"].compiled is False
     assert results["compiled"].val_loss == pytest.approx(results["eager"].val_loss, abs=1e-3)
     # the same updates, up to float rounding (Muon's bf16 iterations amplify it a little)
     for a, b, start in zip(model.parameters(), eager_model.parameters(), init):
         moved = (b - start).norm()
         assert moved > 0 and (a - b).norm() <= 0.05 * moved
+
+
+def test_a_failing_auto_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    from vla_ablate import train as training
+
+    def broken_compile(model, **kwargs):
+        def fn(*args):
+            raise RuntimeError("C++ compile error: Python.h: No such file or directory")
+        return fn
+
+    monkeypatch.setattr(training.torch, "compile", broken_compile)
+    monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
+    model = DecoderOnlyTransformer(**ARGS).eval()
+    x = torch.randint(0, 256, (2, 8))
+    logs = []
+    step = training.compiled(model, "auto", training.CPU_COMPILE_MIN_STEPS, log=logs.append)
+    assert step.compiled
+    _, loss = step(x[:, :-1], x[:, 1:])
+    assert not step.compiled and torch.equal(loss, model(x[:, :-1], x[:, 1:])[1])
+    assert any("torch.compile failed" in m and "Python.h" in m for m in logs)
+    asked = training.compiled(model, "on", 10, log=logs.append)  # asked for: the error stands
+    with pytest.raises(RuntimeError, match="Python.h"):
+        asked(x[:, :-1], x[:, 1:])
+    # a run resumed close to its end has too few steps left to repay a compilation
+    assert not training.compiled(model, "auto", training.CPU_COMPILE_MIN_STEPS - 1).compiled
+
+
+def test_a_time_budget_is_paced_by_the_steps_after_the_first(monkeypatch):
+    """The first step of a process holds one-off costs (torch.compile's 15-30 s on a CPU); the
+    horizon is set by the pace of the steps after it, so a compiled run is not cut short."""
+    from vla_ablate import train as T
+
+    readings = iter([0.0, 100.0, 101.0, 102.0, 103.0, 104.0])  # init, then steps 1-5
+    monkeypatch.setattr(T, "_clock", lambda: next(readings))
+    cfg = tcfg(steps=1000, warmup_steps=5, max_minutes=10.0)
+    budget = T.TimeBudget(cfg, elapsed_before=0.0, horizon=None, log=lambda m: None)
+    assert not any(budget.is_last(step) for step in range(1, 5))
+    budget.is_last(5)
+    # 540 s of budget (90%): 104 s spent by step 5, then one step per second
+    assert budget.horizon == 5 + int(540 - 104)

@@ -301,7 +301,7 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
         "resumed_from": result.get("resumed_from"), "trained_here": trained_here,
         "model_key": key, "training_config": training,
         "model_dir": str(train_dir), "threads": threads, "device": str(device),
-        "precision": precision,
+        "precision": precision, "compiled": result.get("compiled"),
     }
     plots.loss_curve(records, run_dir / "loss_curve.png", title=_title(cfg))
     if result["status"] == "completed" and cfg.eval.enabled:

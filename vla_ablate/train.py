@@ -53,6 +53,7 @@ class TrainResult:
     tokens_per_s: float | None = None
     stopped_by: str | None = None  # "train.max_minutes" when the time budget ended training
     val_action_loss: float | None = None  # the action tokens alone (= val_loss, tokens=action)
+    compiled: bool | None = None  # whether the training steps ran torch.compile'd
 
     def as_dict(self):
         return dict(self.__dict__)
@@ -266,6 +267,7 @@ class TimeBudget:
         self.t0 = _clock() - elapsed_before
         self.horizon = horizon if self.seconds > 0 else None
         self.hard = hard  # False once the warmup overran the budget: end at the horizon
+        self.first = None  # (steps done, elapsed) after this process's first step
         # a resumed run keeps what its horizon says about why it ends early
         self.stopped_by = ("train.max_minutes" if self.horizon and self.horizon < tcfg.steps
                            else None)
@@ -281,8 +283,15 @@ class TimeBudget:
             return step >= self.end
         warmup = max(1, self.tcfg.warmup_steps)
         elapsed = _clock() - self.t0
+        if self.first is None:
+            self.first = (step, elapsed)
         if self.horizon is None and step >= warmup:
-            fit = int(self.seconds * self.MARGIN / (elapsed / step))
+            # the steps after this process's first one set the pace: the first also holds
+            # one-off costs (a compilation above all) that the rest of the run does not repeat
+            first_step, first_elapsed = self.first
+            per_step = ((elapsed - first_elapsed) / (step - first_step) if step > first_step
+                        else elapsed / step)
+            fit = step + int((self.seconds * self.MARGIN - elapsed) / per_step)
             self.horizon = min(self.tcfg.steps, max(fit, step + 1))
             if fit <= step:
                 self.horizon = min(self.tcfg.steps, 2 * step)
@@ -347,7 +356,6 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     optimizer = make_optimizer(model, tcfg)
     # fp16's range is too narrow for raw gradients: scale the loss (a no-op in other precisions)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step_fn = compiled(model, tcfg.compile, tcfg.steps, log)
     torch.manual_seed(seed)
     start, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
     horizon, hard = None, True
@@ -370,6 +378,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
         elapsed_before, resumed_from = state["elapsed_s"], state["step"]
         horizon, hard = state.get("horizon"), state.get("budget_hard", True)
         log(f"resuming from checkpoint at step {start} of {horizon or tcfg.steps}")
+    step_fn = compiled(model, tcfg.compile, (horizon or tcfg.steps) - start, log)
     records = metrics.truncate(start)
     if on_record:
         for rec in records:
@@ -427,7 +436,8 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 result = TrainResult("diverged", step, last_train_loss, last_val,
                                      None if best_val == math.inf else best_val,
                                      elapsed_before + time.perf_counter() - t0, diverged_step=step + 1,
-                                     resumed_from=resumed_from, val_action_loss=last_val_action)
+                                     resumed_from=resumed_from, val_action_loss=last_val_action,
+                                     compiled=step_fn.compiled)
                 write_json(train_dir / "train_done.json", result.as_dict())
                 return result
             scaler.step(optimizer)
@@ -489,6 +499,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
         resumed_from=resumed_from,
         tokens_per_s=tokens_per_step * done_steps / max(time.perf_counter() - t0, 1e-9),
         stopped_by=budget.stopped_by, val_action_loss=last_val_action,
+        compiled=step_fn.compiled,
     )
     write_json(train_dir / "train_done.json", result.as_dict())
     return result
@@ -505,9 +516,10 @@ CPU_COMPILE_MIN_STEPS = 1000  # train.compile=auto compiles a CPU run of at leas
 def use_compile(mode: str, device, steps: int | None = None) -> bool:
     """``train.compile`` for the training step: ``on``, ``off``, or ``auto``: on CUDA, and on a
     CPU for a run of ``CPU_COMPILE_MIN_STEPS`` steps or more where a C++ compiler is installed.
-    On the development CPU compiling costs ~30 s and a compiled step of the default model takes
-    ~0.76x the eager time, so a run repays it after a few hundred steps, a short one never
-    (docs/benchmarks.md, "Compiling the step")."""
+    On the development CPU compiling took ~14 s and a compiled step of the default model 0.66x
+    the eager time in bf16 (0.76x in fp32), so a run repays it after ~140 steps, a short one
+    never; the default run trained in 0.69x the eager time (docs/benchmarks.md, "Compiling the
+    step")."""
     if mode != "auto":
         return mode == "on"
     kind = torch.device(device).type
@@ -522,15 +534,46 @@ def use_compile_decode(mode: str, device) -> bool:
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
 
 
-def compiled(model, mode: str, steps: int, log=print):
-    """The model's forward for training steps, ``torch.compile``d when ``train.compile`` says so."""
+class TrainingStep:
+    """The model's forward for training steps: ``torch.compile``d, or the model itself.
+
+    Under ``train.compile=auto`` a compilation that fails on the first step (a CPU whose C++
+    toolchain lacks Python's or torch's headers, say) falls back to the eager model with a
+    warning; under ``train.compile=on`` the error stands. ``compiled`` says which ran.
+    """
+
+    def __init__(self, model, compile_it: bool, fall_back: bool, log=print):
+        self.model, self.fall_back, self.log = model, fall_back, log
+        self.fn = torch.compile(model, dynamic=False) if compile_it else model
+        self.compiled, self._tried = compile_it, not compile_it
+
+    def __call__(self, *args):
+        if self._tried:
+            return self.fn(*args)
+        try:
+            out = self.fn(*args)
+        except Exception as err:  # torch raises several kinds (BackendCompilerFailed, ...)
+            if not self.fall_back:
+                raise
+            self.log(f"warning: torch.compile failed on the first training step "
+                     f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); training "
+                     "eagerly (train.compile=off skips the attempt)")
+            self.fn, self.compiled = self.model, False
+            out = self.fn(*args)
+        self._tried = True
+        return out
+
+
+def compiled(model, mode: str, steps: int, log=print) -> TrainingStep:
+    """The training step, ``torch.compile``d when ``train.compile`` says so for ``steps`` steps
+    (those left to run: a resumed run counts from its checkpoint)."""
     device = next(model.parameters()).device
-    if not use_compile(mode, device, steps):
-        return model
-    why = "" if mode == "on" else (f", train.compile=auto: {cpp_compiler()} builds its CPU "
-                                   "kernels" if device.type == "cpu" else ", train.compile=auto")
-    log(f"compiling the training step (torch.compile{why}; the first steps are slow)")
-    return torch.compile(model, dynamic=False)
+    compile_it = use_compile(mode, device, steps)
+    if compile_it:
+        why = "" if mode == "on" else (f", train.compile=auto: {cpp_compiler()} builds its CPU "
+                                       "kernels" if device.type == "cpu" else ", train.compile=auto")
+        log(f"compiling the training step (torch.compile{why}; the first steps are slow)")
+    return TrainingStep(model, compile_it, fall_back=mode == "auto", log=log)
 
 
 def _progress_bar(start, tcfg):
