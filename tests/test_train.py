@@ -301,12 +301,33 @@ def test_a_failing_auto_compile_falls_back_to_eager_and_says_so(monkeypatch):
     assert step.compiled
     _, loss = step(x[:, :-1], x[:, 1:])
     assert not step.compiled and torch.equal(loss, model(x[:, :-1], x[:, 1:])[1])
-    assert any("torch.compile failed" in m and "Python.h" in m for m in logs)
+    assert any("compiled first training step failed" in m and "Python.h" in m for m in logs)
     asked = training.compiled(model, "on", 10, log=logs.append)  # asked for: the error stands
     with pytest.raises(RuntimeError, match="Python.h"):
         asked(x[:, :-1], x[:, 1:])
     # a run resumed close to its end has too few steps left to repay a compilation
     assert not training.compiled(model, "auto", training.CPU_COMPILE_MIN_STEPS - 1).compiled
+    # only the first call is guarded: an error of a later step stands
+    calls = []
+
+    def flaky_compile(model, **kwargs):
+        def fn(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("a later step's own error")
+            return model(*args)
+        return fn
+
+    monkeypatch.setattr(training.torch, "compile", flaky_compile)
+    later = training.compiled(model, "auto", training.CPU_COMPILE_MIN_STEPS, log=logs.append)
+    later(x[:, :-1], x[:, 1:])
+    with pytest.raises(RuntimeError, match="later step"):
+        later(x[:, :-1], x[:, 1:])
+    assert later.compiled
+    empty = training.TrainingStep(model, True, fall_back=True, log=logs.append)
+    empty.fn = lambda *args: (_ for _ in ()).throw(RuntimeError())  # an error without a message
+    empty(x[:, :-1], x[:, 1:])
+    assert not empty.compiled and "RuntimeError: )" in logs[-1]
 
 
 def test_a_time_budget_is_paced_by_the_steps_after_the_first(monkeypatch):

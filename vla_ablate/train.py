@@ -250,8 +250,9 @@ class TimedCheckpoints:
 class TimeBudget:
     """``train.max_minutes``: training ends cleanly when its time budget is spent (0: no budget).
 
-    The schedule is not cut off: when warmup ends, the average time per step so far fixes the
-    *horizon*, the number of steps that fit in 90% of the budget (at most ``train.steps``); the
+    The schedule is not cut off: when warmup ends, the pace of the steps after this process's
+    first one (which holds one-off costs such as a compilation), applied to what is left of 90%
+    of the budget, fixes the *horizon*, the number of steps that fit (at most ``train.steps``); the
     cosine then decays to ``min_lr`` at the horizon and training ends there. The horizon is saved
     in every checkpoint, so a resumed run keeps the schedule. If steps slow down and the budget
     is spent before the horizon, training stops at that step anyway (never before warmup ends).
@@ -290,7 +291,9 @@ class TimeBudget:
             # one-off costs (a compilation above all) that the rest of the run does not repeat
             first_step, first_elapsed = self.first
             per_step = ((elapsed - first_elapsed) / (step - first_step) if step > first_step
-                        else elapsed / step)
+                        else 0.0)
+            if per_step <= 0:  # no step after the first yet, or a clock that did not move
+                per_step = elapsed / step
             fit = step + int((self.seconds * self.MARGIN - elapsed) / per_step)
             self.horizon = min(self.tcfg.steps, max(fit, step + 1))
             if fit <= step:
@@ -537,9 +540,11 @@ def use_compile_decode(mode: str, device) -> bool:
 class TrainingStep:
     """The model's forward for training steps: ``torch.compile``d, or the model itself.
 
-    Under ``train.compile=auto`` a compilation that fails on the first step (a CPU whose C++
-    toolchain lacks Python's or torch's headers, say) falls back to the eager model with a
-    warning; under ``train.compile=on`` the error stands. ``compiled`` says which ran.
+    Under ``train.compile=auto`` a compilation that fails in the first step's forward pass (a
+    CPU whose C++ toolchain lacks Python's or torch's headers shows there first) falls back to
+    the eager model with a warning; under ``train.compile=on`` the error stands. The backward
+    pass compiles lazily, at the first ``backward()``, outside this guard. ``compiled`` says
+    whether this sitting's steps ran compiled.
     """
 
     def __init__(self, model, compile_it: bool, fall_back: bool, log=print):
@@ -555,9 +560,10 @@ class TrainingStep:
         except Exception as err:  # torch raises several kinds (BackendCompilerFailed, ...)
             if not self.fall_back:
                 raise
-            self.log(f"warning: torch.compile failed on the first training step "
-                     f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); training "
-                     "eagerly (train.compile=off skips the attempt)")
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            self.log(f"warning: the compiled first training step failed ({type(err).__name__}: "
+                     f"{first_line}); training eagerly (train.compile=off skips the attempt; "
+                     "an error that follows is the eager model's own)")
             self.fn, self.compiled = self.model, False
             out = self.fn(*args)
         self._tried = True
