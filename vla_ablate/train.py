@@ -53,7 +53,7 @@ class TrainResult:
     tokens_per_s: float | None = None
     stopped_by: str | None = None  # "train.max_minutes" when the time budget ended training
     val_action_loss: float | None = None  # the action tokens alone (= val_loss, tokens=action)
-    compiled: bool | None = None  # whether the training steps ran torch.compile'd
+    compiled: bool | None = None  # whether this sitting's training steps ran torch.compile'd
 
     def as_dict(self):
         return dict(self.__dict__)
