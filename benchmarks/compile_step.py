@@ -3,10 +3,10 @@
     python benchmarks/compile_step.py [--steps 30] [--new-tokens 50] [--precision auto]
 
 Training: the default model (batch 64 x 49 tokens, in ``--precision``: by default as
-``train.precision=auto`` resolves here) for ``--steps`` steps eagerly and compiled, the same weights; the compiled side's
-first step includes the compilation. The table gives the compile time, the median step time of
-each side after it, and the steps a run needs before compiling pays for itself (the default run
-takes ``train.steps`` of them). Decoding: greedy generation of ``--new-tokens`` at batch 1 with
+``train.precision=auto`` resolves here) for ``--steps`` steps eagerly and compiled, the same
+weights; the compiled side's first step includes the compilation. The table gives the compile
+time, the median step time of each side after it, and the steps a run needs before compiling
+pays for itself (the default run takes ``train.steps`` of them). Decoding: greedy generation of ``--new-tokens`` at batch 1 with
 the KV cache, eager against a compiled decode step (``dynamic=True``: the cached prefix grows
 every step), after a warm-up that includes the compilation.
 """

@@ -264,15 +264,16 @@ def test_a_compiled_training_step_trains_like_the_eager_one(tmp_path, actions):
         pytest.skip("torch.compile on a CPU needs a C++ compiler")
     cfg = tcfg(steps=6, eval_every=6, checkpoint_every=6)
     logs = []
+    args = {**ARGS, "dropout": 0.0}
     torch.manual_seed(0)
-    model = DecoderOnlyTransformer(**{**ARGS, "dropout": 0.0})
-    eager_model = DecoderOnlyTransformer(**{**ARGS, "dropout": 0.0})
+    model = DecoderOnlyTransformer(**args)
+    eager_model = DecoderOnlyTransformer(**args)
     eager_model.load_state_dict(model.state_dict())
     init = [p.detach().clone() for p in model.parameters()]
     results = {}
     for name, m, mode in (("compiled", model, "on"), ("eager", eager_model, "off")):
         cfg.compile = mode
-        results[name] = train(m, {**ARGS, "dropout": 0.0}, BatchSource(actions[:64], 8, 0),
+        results[name] = train(m, args, BatchSource(actions[:64], 8, 0),
                               actions[64:], cfg, tmp_path / name, torch.device("cpu"), 0,
                               log=logs.append, precision="fp32")
     assert any("compiling the training step" in line for line in logs)

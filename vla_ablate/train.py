@@ -576,8 +576,9 @@ def compiled(model, mode: str, steps: int, log=print) -> TrainingStep:
     device = next(model.parameters()).device
     compile_it = use_compile(mode, device, steps)
     if compile_it:
-        why = "" if mode == "on" else (f", train.compile=auto: {cpp_compiler()} builds its CPU "
-                                       "kernels" if device.type == "cpu" else ", train.compile=auto")
+        why = "" if mode == "on" else ", train.compile=auto"
+        if why and device.type == "cpu":
+            why += f": {cpp_compiler()} builds its CPU kernels"
         log(f"compiling the training step (torch.compile{why}; the first steps are slow)")
     return TrainingStep(model, compile_it, fall_back=mode == "auto", log=log)
 
