@@ -214,12 +214,26 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             rows.append(row)
     runs = pd.DataFrame(rows)
     if not runs.empty:
-        runs.insert(3, "config", config_labels(configs))
-        # the configuration apart from the token layout: rows the tokens table pairs up
-        runs.insert(4, "config_without_tokens", config_labels(configs, with_tokens=False))
-        labels = pos_labels(configs)  # jobs without a config keep the name from their summary
-        runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
-        runs["tokens"] = tokens_labels(configs)
+        # what each row's labels are made from, kept so that rows read at different times (a
+        # study's parts, merged from their committed tables) can be labelled together again
+        runs["training_config"] = [json.dumps(c, sort_keys=True) for c in configs]
+        runs = label_runs(runs)
+    return runs
+
+
+def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with ``config``, ``config_without_tokens``, ``pos`` and ``tokens`` labelled
+    from its ``training_config`` column (JSON), over all its rows together: rows from several
+    sweeps or parts get one set of labels, and rows trained differently (another precision,
+    another recipe) never share one."""
+    configs = [json.loads(c) for c in runs["training_config"]]
+    runs = runs.drop(columns=["config", "config_without_tokens"], errors="ignore")
+    runs.insert(3, "config", config_labels(configs))
+    # the configuration apart from the token layout: rows the tokens table pairs up
+    runs.insert(4, "config_without_tokens", config_labels(configs, with_tokens=False))
+    labels = pos_labels(configs)  # jobs without a config keep the name from their summary
+    runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
+    runs["tokens"] = tokens_labels(configs)
     return runs
 
 

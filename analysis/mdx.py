@@ -163,6 +163,9 @@ def _kv_section(made, image) -> str:
     kv = made.get("kv_cache")
     if kv is not None and "tokens" in kv and (kv["tokens"] == "action").any():
         kv = kv[kv["tokens"] == "action"].reset_index(drop=True)  # the course's decoding
+    if kv is not None and "config" in kv and kv["config"].nunique() > 1:
+        first = sorted(kv["config"].unique())[0]  # one configuration, as the other sections
+        kv = kv[kv["config"] == first].reset_index(drop=True)
     lines = ["## Mastery: KV-Caching", ""]
     if kv is None or kv.empty or "speedup_median" not in kv:
         return "\n".join(lines + ["_(no KV-cache measurements in this sweep: n/a)_", ""])

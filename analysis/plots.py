@@ -154,25 +154,33 @@ def training_curve(metrics, path, pos="rope", mask="causal") -> Path | None:
 
 
 def kv_speed(speed, path) -> Path | None:
-    """The paired speed-up of every model, by number of new tokens and batch size."""
+    """The paired speed-up of every model, by number of new tokens and batch size; one panel per
+    training configuration where ``speed`` has several (``config``: timings of models trained
+    differently, e.g. on another host, are never drawn as one)."""
     if speed.empty:
         return None
     data = speed.assign(model=speed["model_key"].fillna(speed["job"]))
-    data = data.groupby(["batch_size", "new_tokens", "model"], as_index=False)["speedup"].median()
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.subplots()
-    sns.stripplot(data=data, x="new_tokens", y="speedup", hue="batch_size",
-                  dodge=data["batch_size"].nunique() > 1, ax=ax,
-                  alpha=0.7)
+    if "config" not in data:
+        data = data.assign(config="default")
+    data = data.groupby(["config", "batch_size", "new_tokens", "model"],
+                        as_index=False)["speedup"].median()
+    configs = sorted(data["config"].unique())
+    fig = Figure(figsize=(6.5 * len(configs), 4))
+    axes = fig.subplots(1, len(configs), squeeze=False)[0]
     several = data["batch_size"].nunique() > 1
-    sns.pointplot(data=data, x="new_tokens", y="speedup", hue="batch_size",
-                  dodge=0.4 if several else False,
-                  estimator="median", errorbar=None, markers="_", linestyles="none", ax=ax,
-                  legend=False)
-    ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.set(xlabel="generated tokens", ylabel="speed-up (uncached time / cached time)",
-           title="KV cache: paired speed-up per model (dots), median (bars)")
-    ax.grid(alpha=0.3)
+    for ax, config in zip(axes, configs):
+        part = data[data["config"] == config]
+        sns.stripplot(data=part, x="new_tokens", y="speedup", hue="batch_size", dodge=several,
+                      ax=ax, alpha=0.7)
+        sns.pointplot(data=part, x="new_tokens", y="speedup", hue="batch_size",
+                      dodge=0.4 if several else False,
+                      estimator="median", errorbar=None, markers="_", linestyles="none", ax=ax,
+                      legend=False)
+        ax.axhline(1.0, color="grey", lw=1, ls="--")
+        title = "KV cache: paired speed-up per model (dots), median (bars)"
+        ax.set(xlabel="generated tokens", ylabel="speed-up (uncached time / cached time)",
+               title=title if len(configs) == 1 else f"{config}\n{title}")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)

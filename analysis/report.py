@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, tables
-from analysis.collect import load_metrics, load_runs, load_speed
+from analysis.collect import label_runs, load_metrics, load_runs, load_speed
 from analysis.mdx import write_mdx
 
 CHEATING_GAP = 0.05  # nats: prefix-only minus teacher-forced loss that counts as cheating
@@ -28,21 +28,29 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
     """Tables, plots and report.md in ``out_dir``; with ``mdx`` (a dict of ``write_mdx``'s
     keywords, e.g. ``{"student": NAME}``) also the course's MDX page (analysis/mdx.py).
 
-    ``from_tables``: a folder with an earlier report's ``runs.csv``, ``metrics.csv`` and
-    ``speed.csv`` to make the report from, instead of the sweep folders (``sweep_dirs`` is
-    then ignored; the attention figure, drawn from the job folders, is left out)."""
+    ``from_tables``: a folder (or several) with an earlier report's ``runs.csv``,
+    ``metrics.csv`` and ``speed.csv``: the report is made from those, together with the sweep
+    folders if any are given (a study's parts: ``merge_parts``). The attention figure is drawn
+    from job folders, so it shows only the sweep folders' jobs."""
     out = Path(out_dir)
-    if from_tables is not None:
-        runs, metrics, speed = read_tables(from_tables)
-        sweep_dirs = [Path(d) for d in dict.fromkeys(runs["sweep"].astype(str))]
-    else:
-        sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path))
-                                        else sweep_dirs)]
+    sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path))
+                                    else sweep_dirs or [])]
+    tables_dirs = [Path(d) for d in ([from_tables] if isinstance(from_tables, (str, Path))
+                                     else from_tables or [])]
+    parts = [(str(d), *read_tables(d)) for d in tables_dirs]
+    if sweep_dirs:
         runs = load_runs(sweep_dirs)
         if runs.empty:
             raise ValueError(f"no job folders (with .hydra/) under "
                              f"{', '.join(map(str, sweep_dirs))}")
-        metrics, speed = load_metrics(sweep_dirs, runs), load_speed(sweep_dirs)
+        parts.append((", ".join(map(str, sweep_dirs)), runs, load_metrics(sweep_dirs, runs),
+                      load_speed(sweep_dirs)))
+    if not parts:
+        raise ValueError("no sweep folders and no report folders to make a report from")
+    runs, metrics, speed = merge_parts(parts) if len(parts) > 1 else parts[0][1:]
+    live = sweep_dirs
+    if tables_dirs:
+        sweep_dirs = [Path(d) for d in dict.fromkeys(runs["sweep"].astype(str))]
     out.mkdir(parents=True, exist_ok=True)
     log(f"collected {len(runs)} jobs ({(runs['status'] == 'completed').sum()} completed)")
 
@@ -72,10 +80,11 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
         "Attention maps, causal vs no mask":
             plots.attention_grid(course_runs, out / "attention_grid.png"),
         "Position shift": plots.position_shift(runs, out / "position_shift.png"),
-        "KV-cache speed-up": plots.kv_speed(course_speed, out / "kv_cache_speed.png"),
+        "KV-cache speed-up": plots.kv_speed(_labelled(course_speed, course_runs),
+                                            out / "kv_cache_speed.png"),
         "Action NLL by token layout": plots.token_layouts(runs, out / "tokens.png"),
     }
-    text = _report_md(sweep_dirs, runs, made, figures, target_loss)
+    text = _report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs, live)
     (out / "report.md").write_text(text)
     log(f"wrote {out / 'report.md'} and the tables and plots beside it")
     if mdx is not None:
@@ -91,7 +100,7 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
 # columns that are names, whatever they look like (a job folder "0", a seed-like label)
 _TEXT_COLUMNS = {c: str for c in ("sweep", "job", "path", "config", "config_without_tokens",
                                   "pos", "mask", "cache", "tokens", "model_key", "status",
-                                  "split", "precision")}
+                                  "split", "precision", "training_config")}
 _NEEDED = {"runs.csv": {"sweep", "job", "path", "status", "config", "pos", "mask", "cache",
                         "seed", "model_key"}}
 
@@ -121,6 +130,75 @@ def read_tables(folder):
     if runs.empty:
         raise ValueError(f"{folder / 'runs.csv'} holds no jobs")
     return runs, metrics, speed
+
+
+def _labelled(speed, runs):
+    """``speed`` with its runs' configuration labels (``config``)."""
+    if speed.empty:
+        return speed
+    return speed.drop(columns=["config"], errors="ignore").merge(
+        runs[["sweep", "job", "config"]], on=["sweep", "job"], how="left")
+
+
+def merge_parts(parts):
+    """(runs, metrics, speed) of a study run in parts: ``parts`` is a list of (source name,
+    runs, metrics, speed), each from a report folder's tables (``read_tables``) or from sweep
+    folders (``load_runs``...). Rows are labelled again over all parts together from their
+    ``training_config``, so a configuration label means the same in every part and rows
+    trained differently (another precision on another host, another recipe) are never pooled
+    or paired.
+
+    A job given twice (the same sweep folder, job and model, with the same results: a part's
+    sweep folder beside its own tables) is an error, not a silent choice. Parts that ran on
+    different machines into the same sweep path are different jobs: the later part's
+    ``sweep`` is then qualified with its source, ``PATH [SOURCE]``."""
+    lacking = [name for name, runs, _, _ in parts if "training_config" not in runs
+               or runs["training_config"].isna().any()]
+    if lacking:
+        raise ValueError(f"{', '.join(lacking)}: runs.csv lacks training_config for some rows "
+                         "(made by an older python -m analysis), so they cannot be labelled "
+                         "together with other parts; make a report from it alone, or its "
+                         "report again from its sweep folders where they still exist")
+    seen, merged = {}, []
+    for name, runs, metrics, speed in parts:
+        keys = list(zip(runs["sweep"].astype(str), runs["job"].astype(str)))
+        same = [k for k, result in zip(keys, _results(runs)) if seen.get(k, (None,))[1:] == (result,)]
+        if same:
+            sweep, job = same[0]
+            raise ValueError(f"job {job} of sweep {sweep} is in two parts ({seen[same[0]][0]} "
+                             f"and {name}): give each part once")
+        if any(k in seen for k in keys):  # another machine's jobs at the same path
+            rename = {sweep: f"{sweep} [{name}]" for sweep, _ in keys}
+            runs, metrics, speed = (f.assign(sweep=f["sweep"].astype(str).map(rename))
+                                    if not f.empty else f for f in (runs, metrics, speed))
+            keys = list(zip(runs["sweep"], runs["job"].astype(str)))
+        seen.update({k: (name, r) for k, r in zip(keys, _results(runs))})
+        merged.append((runs, metrics, speed))
+    runs = label_runs(pd.concat([m[0] for m in merged], ignore_index=True))
+    labels = runs.set_index(["sweep", "job"])[["config", "pos", "tokens"]]
+    frames = []
+    for index in (1, 2):  # metrics, speed: the runs' new labels
+        present = [m[index] for m in merged if not m[index].empty]
+        frame = pd.concat(present, ignore_index=True) if present else merged[0][index]
+        if not frame.empty:
+            keys = pd.MultiIndex.from_arrays([frame["sweep"].astype(str),
+                                              frame["job"].astype(str)])
+            for col in ("config", "pos", "tokens"):
+                if col in frame:
+                    values = labels[col].reindex(keys)
+                    if values.isna().any():
+                        raise ValueError(f"records of jobs missing from runs.csv: "
+                                         f"{sorted(set(keys[values.isna().to_numpy()]))[:3]}")
+                    frame[col] = values.to_numpy()
+        frames.append(frame)
+    return runs, frames[0], frames[1]
+
+
+def _results(runs):
+    """What identifies one job's outcome: its model and what it measured."""
+    cols = [c for c in ("model_key", "status", "val_loss", "wall_time_total_s") if c in runs]
+    return [tuple("" if pd.isna(v) else str(v) for v in row)
+            for row in runs[cols].itertuples(index=False)]
 
 
 def action_only(runs, metrics, speed):
@@ -162,7 +240,9 @@ def coverage(runs) -> str:
             "trajectories (a data file, or data.vary_with_seed=false)")
 
 
-def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
+def _report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), live=()) -> str:
+    """report.md's text; ``tables_dirs`` and ``live``: the report folders and sweep folders it
+    was made from, when some of it came from report folders' data files."""
     counts = runs["status"].value_counts().to_dict()
     pos = made["positional"]
     shift_cols = [c for c in pos if c.startswith("delta_shift_")]
@@ -170,6 +250,10 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
         "# Ablation report", "",
         f"Sweeps: {', '.join(f'`{d}`' for d in sweep_dirs)}. Jobs: {len(runs)} "
         f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}).", "",
+        *([f"Made from the data files of the report folder(s) "
+           f"{', '.join(f'`{d}`' for d in tables_dirs)}"
+           + (f" and the sweep folder(s) {', '.join(f'`{d}`' for d in live)}" if live else "")
+           + ".", ""] if tables_dirs else []),
         f"Intervals are 95% and cover {coverage(runs)}.", "",
         "## Findings", "", *[f"- {s}" for s in findings(made)], "",
         "## Positional encodings (causal mask)", "",
@@ -201,7 +285,8 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss) -> str:
         "## KV cache", "",
         "Each job timed cached and uncached greedy generation alternately on its own trained "
         "model, in one process; a model's speed-up is the median over its pairs. The table "
-        "gives, per batch size and number of new tokens, the median over models with a 95% "
+        "gives, per training configuration, batch size and number of new tokens, the median "
+        "over models with a 95% "
         "percentile-bootstrap interval and the range. `timed_alone` is false where jobs ran "
         "in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
         "a step's action, generated after that step's state tokens from the data.",
@@ -337,17 +422,20 @@ def findings(made) -> list[str]:
     kv = made["kv_cache"]
     if "tokens" in kv and (kv["tokens"] == "action").any():  # the headline: action tokens
         kv = kv[kv["tokens"] == "action"]
-    if not kv.empty and kv["speedup_median"].notna().any():
-        one = kv[kv["batch_size"] == kv["batch_size"].min()]
+    for config, cells in (kv.groupby("config", sort=True) if not kv.empty else []):
+        if not cells["speedup_median"].notna().any():
+            continue
+        where = "" if config == "default" else f" ({config})"
+        one = cells[cells["batch_size"] == cells["batch_size"].min()]
         row = one.loc[one["new_tokens"].idxmax()]  # the fixed cell: smallest batch, longest
         out.append(
-            f"KV cache at batch {int(row['batch_size'])}, {int(row['new_tokens'])} new tokens: "
-            f"{row['speedup_median']:.2f}x (median over {int(row['models'])} model(s), "
+            f"KV cache{where} at batch {int(row['batch_size'])}, {int(row['new_tokens'])} new "
+            f"tokens: {row['speedup_median']:.2f}x (median over {int(row['models'])} model(s), "
             f"{tables.speedup_spread(row)}); "
-            f"across all cells the median speed-up ranges {kv['speedup_median'].min():.2f}x-"
-            f"{kv['speedup_median'].max():.2f}x. Cached decoding matched the full pass in "
+            f"across all cells the median speed-up ranges {cells['speedup_median'].min():.2f}x-"
+            f"{cells['speedup_median'].max():.2f}x. Cached decoding matched the full pass in "
             f"{row['cached_decode_matched']}; without a causal mask the two differ by "
-            "construction." + ("" if kv["timed_alone"].all() else
+            "construction." + ("" if cells["timed_alone"].all() else
                                " Some timings ran beside other jobs and share their CPU."))
     status = made["status"]
     if not status.empty:

@@ -162,8 +162,9 @@ def speedup_spread(cell) -> str:
 
 
 def kv_cache(runs, speed) -> pd.DataFrame:
-    """The KV cache's paired speed-up per (token layout, batch size, new tokens), across
-    trained models.
+    """The KV cache's paired speed-up per (training configuration, token layout, batch size,
+    new tokens), across trained models: models trained differently (another precision, on
+    another host) are never pooled.
 
     Each job times cached and uncached generation alternately on its own model; a model's
     ratio is the median of its pairs (and of its jobs, when several evaluated it). The table
@@ -172,36 +173,36 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     ``tokens=state_action`` a new token is a step's action, generated after its given state
     tokens: a different workload, so its own rows.
     """
-    cols = ["tokens", "batch_size", "new_tokens", "models", "speedup_median", "speedup_ci95_low",
+    cols = ["config", "tokens", "batch_size", "new_tokens", "models", "speedup_median", "speedup_ci95_low",
             "speedup_ci95_high", "speedup_min", "speedup_max", "tokens_per_s_cache_on",
             "tokens_per_s_cache_off", "precision", "timed_alone", "cached_decode_matched"]
     if speed.empty:
         return pd.DataFrame(columns=cols)
     ok = runs[runs["status"] == "completed"]
     # the runs' layout labels (with their settings where variants differ)
-    speed = speed.drop(columns=["tokens"], errors="ignore").merge(
-        ok[["sweep", "job", "tokens"]], on=["sweep", "job"])
+    speed = speed.drop(columns=["tokens", "config"], errors="ignore").merge(
+        ok[["sweep", "job", "config", "tokens"]], on=["sweep", "job"])
     if speed.empty:
         return pd.DataFrame(columns=cols)
     speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]))
-    per_model = (speed.groupby(["tokens", "batch_size", "new_tokens", "model"])
+    per_model = (speed.groupby(["config", "tokens", "batch_size", "new_tokens", "model"])
                  .agg(speedup=("speedup", "median"), on=("tokens_per_s_cache_on", "median"),
                       off=("tokens_per_s_cache_off", "median"),
                       precision=("precision", lambda p: ",".join(sorted(set(map(str, p))))),
                       alone=("concurrent_jobs", lambda c: bool(c.notna().all() and (c <= 1).all())))
                  .reset_index())
     rows = []
-    for (tokens, batch, new), cell in per_model.groupby(["tokens", "batch_size", "new_tokens"],
-                                                        sort=True):
-        causal = ok[(ok["mask"] == "causal") & (ok["tokens"] == tokens)].dropna(
-            subset=["kv_matches"])
+    for (config, tokens, batch, new), cell in per_model.groupby(
+            ["config", "tokens", "batch_size", "new_tokens"], sort=True):
+        causal = ok[(ok["mask"] == "causal") & (ok["tokens"] == tokens)
+                    & (ok["config"] == config)].dropna(subset=["kv_matches"])
         # per model: a model evaluated by several jobs (cache on/off, a later sweep) counts once,
         # and matches only if every check of it did
         by_model = causal.groupby(causal["model_key"].fillna(causal["path"]))["kv_matches"].all()
         matched = (f"{int(by_model.sum())}/{len(by_model)} causal models" if len(by_model)
                    else "n/a")
         med, lo, hi = median_ci(cell["speedup"])
-        rows.append({"tokens": tokens, "batch_size": batch, "new_tokens": new, "models": len(cell),
+        rows.append({"config": config, "tokens": tokens, "batch_size": batch, "new_tokens": new, "models": len(cell),
                      "speedup_median": med, "speedup_ci95_low": lo, "speedup_ci95_high": hi,
                      "speedup_min": cell["speedup"].min(), "speedup_max": cell["speedup"].max(),
                      "tokens_per_s_cache_on": cell["on"].median(),

@@ -135,8 +135,113 @@ def test_report_made_again_from_its_tables_alone(smoke_sweep, tmp_path):
     assert run_analysis("--from-tables", copy, "--out", tmp_path / "numbered").returncode == 0
     bad = run_analysis("--from-tables", tmp_path)  # a folder that is not a report
     assert bad.returncode == 2 and "lacks runs.csv" in bad.stderr
-    both = run_analysis(sweep, "--from-tables", copy)
-    assert both.returncode == 2 and "one of the two" in both.stderr
+    both = run_analysis(sweep, "--from-tables", copy)  # a merge of parts needs --out
+    assert both.returncode == 2 and "--out" in both.stderr
+    twice = run_analysis(sweep, "--from-tables", first, "--out", tmp_path / "twice")
+    assert twice.returncode == 2 and "in two parts" in twice.stderr  # the same jobs again
+
+
+def _as_part(sweep, dest, seed, precision=None):
+    """A copy of ``sweep`` standing in for another part of a study: its jobs' seed set to
+    ``seed`` (models keyed by it) and, with ``precision``, trained in another precision."""
+    shutil.copytree(sweep, dest, ignore=shutil.ignore_patterns("models", "checkpoints"))
+    for path in dest.glob("*/summary.json"):
+        s = json.loads(path.read_text())
+        s["seed"] = seed
+        s["model_key"] = s["model_key"].replace("-seed", f"-part{seed}-seed")
+        if precision:
+            s["training_config"]["train"]["precision"] = precision
+        path.write_text(json.dumps(s))
+    return dest
+
+
+def test_parts_merge_from_committed_tables(smoke_sweep, tmp_path):
+    """A study run in parts on machines that keep nothing: an earlier part survives only as
+    its committed tables, the new part as a sweep folder; the merged report pairs their seeds,
+    and never pools rows trained in another precision."""
+    sweep, _ = smoke_sweep
+    part1 = tmp_path / "part1"  # the committed tables of part 1
+    assert run_analysis(sweep, "--out", part1).returncode == 0
+    one = pd.read_csv(part1 / "positional.csv").set_index("pos")
+    assert set(one["seeds"]) == {1}
+    part2 = _as_part(sweep, tmp_path / "part2", seed=2)
+    merged = tmp_path / "merged"
+    proc = run_analysis("--from-tables", part1, part2, "--out", merged)
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(merged / "runs.csv")
+    base = int(pd.read_csv(part1 / "runs.csv")["seed"].iloc[0])  # the smoke sweep's seed
+    assert len(runs) == 16 and set(runs["seed"]) == {base, 2}
+    assert set(runs["config"]) == {"default"}
+    pos = pd.read_csv(merged / "positional.csv").set_index("pos")
+    assert list(pos["seeds"]) == [2, 2] and pos.loc["sinusoidal", "pairs"] == 2
+    # part 2 repeats part 1's numbers, so the pair mean is part 1's single difference
+    assert pos.loc["sinusoidal", "diff_vs_rope"] == pytest.approx(
+        one.loc["sinusoidal", "diff_vs_rope"])
+    assert pos.loc["sinusoidal", "val_loss_std"] == pytest.approx(0, abs=1e-12)
+    metrics = pd.read_csv(merged / "metrics.csv")
+    assert set(metrics["sweep"]) == {str(sweep), str(part2)}
+    assert (pd.read_csv(merged / "kv_cache.csv")["models"] == 8).all()
+    # a third part trained in another precision (another host): labelled apart, never pooled
+    other = "bf16" if json.loads(next(sweep.glob("*/summary.json")).read_text())[
+        "training_config"]["train"]["precision"] == "fp32" else "fp32"
+    part3 = _as_part(sweep, tmp_path / "part3", seed=3, precision=other)
+    again = tmp_path / "merged3"
+    twice = run_analysis("--from-tables", merged, "--from-tables", part1, "--out", again)
+    assert twice.returncode == 2 and "in two parts" in twice.stderr  # part 1 is in both
+    proc = run_analysis("--from-tables", part1, part2, part3, "--out", again)
+    assert proc.returncode == 0, proc.stderr
+    pos = pd.read_csv(again / "positional.csv")
+    assert sorted(pos["config"].unique()) == sorted(
+        [f"train.precision={p}" for p in ("fp32", "bf16")])
+    seeds = pos.groupby("config")["seeds"].max().to_dict()
+    assert seeds == {f"train.precision={other}": 1,
+                     f"train.precision={'bf16' if other == 'fp32' else 'fp32'}": 2}
+    runs = pd.read_csv(again / "runs.csv")
+    for name in ("metrics.csv", "speed.csv"):  # every record carries its run's new labels
+        frame = pd.read_csv(again / name)
+        labels = [c for c in ("config", "pos", "tokens") if c in frame]
+        assert "pos" in labels and (name == "speed.csv" or "config" in labels)
+        frame = frame.merge(runs[["sweep", "job", *labels]], on=["sweep", "job"],
+                            suffixes=("", "_run"))
+        assert len(frame) and frame[labels].notna().all().all()
+        for col in labels:
+            assert (frame[col] == frame[f"{col}_run"]).all(), (name, col)
+    kv = pd.read_csv(again / "kv_cache.csv")  # timings of unlike models are never pooled
+    assert kv.groupby("config")["models"].max().to_dict() == {
+        f"train.precision={other}": 4, f"train.precision={'bf16' if other == 'fp32' else 'fp32'}": 8}
+    assert "Made from the data files of the report folder(s)" in (again / "report.md").read_text()
+    # another machine ran its part into the same sweep path: other jobs, kept apart, not refused
+    tables3 = tmp_path / "tables3"
+    assert run_analysis(part3, "--out", tables3).returncode == 0
+    for name in ("runs.csv", "metrics.csv", "speed.csv"):
+        frame = pd.read_csv(tables3 / name)
+        frame["sweep"] = str(sweep)
+        frame.to_csv(tables3 / name, index=False)
+    (tables3 / "speed.csv").write_text("")  # and timed nothing; nor did part 1's copy below
+    same_path = tmp_path / "same_path"
+    untimed = tmp_path / "untimed"
+    shutil.copytree(part1, untimed)
+    (untimed / "speed.csv").write_text("")
+    proc = run_analysis("--from-tables", untimed, "--from-tables", tables3, "--out", same_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = pd.read_csv(same_path / "runs.csv")
+    assert len(runs) == 16 and runs["sweep"].nunique() == 2
+    assert pd.read_csv(same_path / "positional.csv")["seeds"].tolist() == [1, 1, 1, 1]
+    assert pd.read_csv(same_path / "kv_cache.csv").empty
+    inside = run_analysis("--from-tables", part1, part2, "--out", part1)  # over its input
+    assert inside.returncode == 2 and "being read" in inside.stderr
+    # tables from before the training_config column: alone they still make their report,
+    # merged they are refused (their labels cannot be made comparable)
+    old = tmp_path / "old"
+    shutil.copytree(part1, old)
+    pd.read_csv(old / "runs.csv").drop(columns=["training_config"]).to_csv(
+        old / "runs.csv", index=False)
+    assert run_analysis("--from-tables", old).returncode == 0
+    for name in ("positional.csv", "mask_audit.csv", "kv_cache.csv"):  # the same report
+        pd.testing.assert_frame_equal(pd.read_csv(old / "regenerated" / name),
+                                      pd.read_csv(part1 / name), check_dtype=False)
+    refused = run_analysis("--from-tables", old, part2, "--out", tmp_path / "refused")
+    assert refused.returncode == 2 and "training_config" in refused.stderr
 
 
 def test_default_out_dir_and_bad_folder(smoke_sweep, tmp_path):

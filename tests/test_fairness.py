@@ -241,8 +241,14 @@ def test_kv_table_is_a_median_over_models_with_an_interval(tmp_path):
     runs = load_runs([a, b])
     from analysis import load_speed
 
-    table = kv_cache(runs, load_speed([a, b]))
-    (row,) = table.itertuples()
+    table = kv_cache(runs, load_speed([a, b]))  # trained differently: never pooled
+    assert list(table["config"]) == ["train.steps=30", "train.steps=60"]
+    assert (table["models"] == 4).all() and table["speedup_ci95_low"].isna().all()
+    c = tmp_path / "C"  # 8 models of one configuration: a median with a bootstrap interval
+    for i in range(8):
+        fake_job(c / str(i), pos=("rope", "sinusoidal")[i % 2], seed=i // 2 + 1, steps=30,
+                 val_loss=2.0, speedups=(2.0 + i % 4,))
+    (row,) = kv_cache(load_runs(c), load_speed(c)).itertuples()
     assert row.models == 8 and row.speedup_median == pytest.approx(3.5)
     assert row.speedup_ci95_low <= row.speedup_median <= row.speedup_ci95_high
     assert (row.speedup_min, row.speedup_max) == (2.0, 5.0)
@@ -253,7 +259,8 @@ def test_report_on_two_sweeps_names_the_fixed_kv_cell_and_what_intervals_cover(t
     a, b = two_sweeps(tmp_path)
     report = build_report([a, b], tmp_path / "out", log=lambda *_: None).read_text()
     assert "training trajectories" in report  # what the intervals cover
-    assert "KV cache at batch 1, 50 new tokens: 3.50x" in report
+    for steps in (30, 60):  # one sentence per training configuration, never pooled
+        assert f"KV cache (train.steps={steps}) at batch 1, 50 new tokens: 3.50x" in report
     assert "(train.steps=60)" in report
     assert (tmp_path / "out" / "position_shift.png").exists()
 
