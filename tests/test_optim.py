@@ -95,3 +95,70 @@ def test_linear_stores_in_by_out_and_matches_the_formula():
     x = torch.randn(2, 5, 16)
     assert torch.allclose(layer(x), F.linear(x, layer.weight.T), atol=1e-6)
     assert torch.allclose(layer(x[:, :1]), layer(x)[:, :1], atol=1e-6)  # one token, same numbers
+
+
+def _float32_newton_schulz(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim.Muon's own iteration (torch/optim/_muon.py), in float32 instead of bf16."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    if grad.size(0) > grad.size(1):
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
+def test_float32_muon_is_torchs_update_with_float32_newton_schulz(monkeypatch):
+    """Float32Muon (devices without native bf16) = torch.optim.Muon's update with the
+    iterations in float32: the same momentum, Nesterov, decay and lr adjustment, the same state
+    dict; only the batching and the precision of the iterations differ."""
+    from vla_ablate.optim import Float32Muon
+
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(**ARGS)
+    twin = DecoderOnlyTransformer(**ARGS)
+    twin.load_state_dict(model.state_dict())
+    mats = [[p for n, p in m.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+            for m in (model, twin)]
+    kw = dict(lr=0.01, momentum=0.95, weight_decay=0.1, nesterov=True,
+              adjust_lr_fn="match_rms_adamw")
+    ours, ref = Float32Muon(mats[0], **kw), torch.optim.Muon(mats[1], **kw)
+    monkeypatch.setattr(torch.optim._muon, "_zeropower_via_newtonschulz", _float32_newton_schulz)
+    for _ in range(3):  # momentum carries over steps
+        for p, q in zip(*mats):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        ours.step()
+        ref.step()
+    for p, q in zip(*mats):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    a, b = ours.state_dict(), ref.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for key in b["state"]:
+        torch.testing.assert_close(a["state"][key]["momentum_buffer"],
+                                   b["state"][key]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_runs_its_iterations_in_bf16_only_where_bf16_is_native(monkeypatch, native):
+    """Emulated bf16 made torch's Muon step 35x slower than float32 on an AVX2 host
+    (benchmarks/optimizer_step.py): there the run uses Float32Muon, and says so in its
+    training config (so its models never share a key with bf16-iteration ones)."""
+    from conftest import compose_cfg
+    from vla_ablate import optim, run
+    from vla_ablate.optim import Float32Muon
+
+    monkeypatch.setattr(optim, "bf16_native", lambda device: native)
+    muon, _ = make_optimizer(DecoderOnlyTransformer(**ARGS), tcfg(optimizer="muon")).optimizers
+    assert type(muon) is (torch.optim.Muon if native else Float32Muon)
+    cfg = compose_cfg(["train.device=cpu"])
+    assert cfg.train.optimizer == "muon"
+    recorded = run.training_config(cfg)["train"].get("muon_newton_schulz")
+    assert recorded == (None if native else "fp32")
+    keys = {run.model_key(cfg)}
+    monkeypatch.setattr(optim, "bf16_native", lambda device: not native)
+    assert run.model_key(cfg) not in keys
+    adamw = compose_cfg(["train.device=cpu", "train.optimizer=adamw"])
+    assert "muon_newton_schulz" not in run.training_config(adamw)["train"]

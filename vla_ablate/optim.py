@@ -9,17 +9,23 @@ which gives it the root-mean-square size of an AdamW update, so one learning rat
 decay serve both. Muon applies to matrices only: embeddings, the output head and the norms' gains
 stay with AdamW, as in both papers.
 
-The Muon used is ``torch.optim.Muon`` (``adjust_lr_fn="match_rms_adamw"``). The project had its
-own, which batched the Newton-Schulz iterations of same-shaped matrices in float32; torch's runs
-them per matrix in bf16, and on the default model's 20 matrices its step took 0.43x the time of
-ours in the same run (43 vs 100 ms; ``python benchmarks/optimizer_step.py``, docs/benchmarks.md),
-the updates differing by at most 4.6% (bf16 rounding). The faster one stays; the batched
-version lives on in the benchmark as its baseline.
+The Muon used is ``torch.optim.Muon`` (``adjust_lr_fn="match_rms_adamw"``) where the device
+computes bf16 in hardware (a CPU with AVX512-BF16 or AMX, a CUDA device with bf16): torch runs
+the Newton-Schulz iterations per matrix in bf16, and on such a CPU its step took 0.43x the time
+of the project's batched float32 version (43 vs 100 ms; ``python benchmarks/optimizer_step.py``,
+docs/benchmarks.md), the updates differing by at most 4.6% (bf16 rounding). Elsewhere bf16 is
+emulated and torch's step is slow beyond use (on a 2-core AVX2 host: 16.9 s against 0.48 s,
+35x), so ``Float32Muon`` does the same update with the iterations in float32, batched over
+same-shaped matrices. Which one a run used is part of its training configuration
+(``train.muon_newton_schulz``, recorded only where it is float32, so that models trained before
+keep their keys).
 """
 
 from __future__ import annotations
 
 import torch
+
+from vla_ablate.precision import bf16_native
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -63,6 +69,77 @@ class CombinedOptimizer:
             opt.load_state_dict(s)
 
 
+# The quintic's coefficients (Jordan et al.): five iterations push every singular value of the
+# normalised matrix into roughly [0.7, 1.2]; exact orthogonality is not needed. torch's default.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7,
+                  coefficients=NS_COEFFICIENTS) -> torch.Tensor:
+    """An approximately semi-orthogonal matrix with the singular vectors of ``grad``, computed
+    in float32: ``grad`` is (rows, cols) or a stack (k, rows, cols) of same-shaped matrices,
+    done at once. The iteration of ``torch.optim.Muon`` (normalise by the Frobenius norm, then
+    X <- aX + (bG + cG^2)X with G = XX^T on the wide orientation), in float32 instead of bf16."""
+    a, b, c = coefficients
+    x = grad.float()
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide orientation: the Gram matrix is the smaller one
+        x = x.mT
+    x = x / torch.linalg.matrix_norm(x, keepdim=True).clamp(min=eps)  # singular values <= 1
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if tall:
+        x = x.mT
+    return x.to(grad.dtype)
+
+
+class Float32Muon(torch.optim.Muon):
+    """``torch.optim.Muon``'s update (its momentum, Nesterov, weight decay and learning-rate
+    adjustment, its settings and state dict) with the Newton-Schulz iterations in float32,
+    batched over matrices of the same shape: for devices without native bf16."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            by_shape: dict[tuple, list] = {}
+            for p, grad, buf in zip(params, grads, bufs):
+                buf.lerp_(grad, 1 - mu)
+                update = grad.lerp(buf, mu) if group["nesterov"] else buf
+                by_shape.setdefault(tuple(p.shape), []).append((p, update))
+            for shape, items in by_shape.items():  # one batched orthogonalisation per shape
+                updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"],
+                                        group["eps"], group["ns_coefficients"])
+                adjusted = _adjusted_lr(lr, group["adjust_lr_fn"], shape)
+                for (p, _), update in zip(items, updates):
+                    p.mul_(1 - lr * wd)
+                    p.add_(update, alpha=-adjusted)
+        return loss
+
+
+def _adjusted_lr(lr, adjust_lr_fn, shape) -> float:
+    """torch.optim.Muon's learning-rate adjustment for a (rows, cols) matrix."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * max(1.0, rows / cols) ** 0.5
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * 0.2 * max(rows, cols) ** 0.5
+    return lr
+
+
+def newton_schulz_precision(device: torch.device) -> str:
+    """``bf16`` (torch.optim.Muon) where ``device`` computes bf16 in hardware, else ``fp32``
+    (``Float32Muon``)."""
+    return "bf16" if bf16_native(device) else "fp32"
+
+
 def make_optimizer(model, tcfg):
     """The optimiser ``train.optimizer`` names; weight decay on matrices only, never on gains.
 
@@ -87,6 +164,8 @@ def make_optimizer(model, tcfg):
     )
     if not hidden:
         return adamw
-    muon = torch.optim.Muon(hidden, lr=tcfg.lr, momentum=0.95, weight_decay=tcfg.weight_decay,
-                            nesterov=True, adjust_lr_fn="match_rms_adamw")
+    device = hidden[0].device
+    kind = torch.optim.Muon if newton_schulz_precision(device) == "bf16" else Float32Muon
+    muon = kind(hidden, lr=tcfg.lr, momentum=0.95, weight_decay=tcfg.weight_decay,
+                nesterov=True, adjust_lr_fn="match_rms_adamw")
     return CombinedOptimizer([muon, adamw])

@@ -42,6 +42,14 @@ def cpu_bf16_native() -> tuple[bool, str]:
     return False, f"the CPU has neither AVX512-BF16 nor AMX (torch capability {capability})"
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware: a CUDA device with bf16 support, a CPU with
+    AVX512-BF16 or AMX (never another device type)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_bf16_native()[0]
+
+
 def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     """(``fp32`` | ``bf16`` | ``fp16``, one sentence saying why) for ``train.precision``."""
     if requested not in PRECISIONS:

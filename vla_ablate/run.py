@@ -42,6 +42,7 @@ from vla_ablate.data import (
 )
 from vla_ablate.loggers import CsvLogger, Logger, WandbLogger
 from vla_ablate.model import build_model, model_args_from_config
+from vla_ablate.optim import newton_schulz_precision
 from vla_ablate.precision import resolve_precision
 from vla_ablate.runfolder import (
     MetricsFile,
@@ -452,7 +453,8 @@ def training_config(cfg) -> dict:
     """Everything that determines a trained model; a run folder is bound to it.
 
     ``train.precision`` is recorded as this host resolves it (``auto`` is bf16 on one machine and
-    fp32 on another), so models trained in different precisions never share a folder or a row.
+    fp32 on another), so models trained in different precisions never share a folder or a row;
+    so is Muon's Newton-Schulz precision where it is float32 (``train.muon_newton_schulz``).
     """
     parts = {}
     for key in _TRAINING_KEYS:
@@ -469,6 +471,10 @@ def training_config(cfg) -> dict:
     try:
         device = pick_device(cfg.train.device)
         parts["train"]["precision"] = resolve_precision(cfg.train.precision, device)[0]
+        if parts["train"].get("optimizer") == "muon" and newton_schulz_precision(device) == "fp32":
+            # Float32Muon (vla_ablate/optim.py): recorded only here, where it differs from
+            # torch.optim.Muon's bf16, so that the keys of models trained before stay valid
+            parts["train"]["muon_newton_schulz"] = "fp32"
     except (ValueError, ConfigError):
         pass  # validate() reports a precision or device that cannot be used
     return parts
