@@ -14,8 +14,8 @@ computes bf16 in hardware (a CPU with AVX512-BF16 or AMX, a CUDA device with bf1
 the Newton-Schulz iterations per matrix in bf16, and on such a CPU its step took 0.43x the time
 of the project's batched float32 version (43 vs 100 ms; ``python benchmarks/optimizer_step.py``,
 docs/benchmarks.md), the updates differing by at most 4.6% (bf16 rounding). Elsewhere bf16 is
-emulated and torch's step is slow beyond use (on a 2-core AVX2 host: 16.9 s against 0.48 s,
-35x), so ``Float32Muon`` does the same update with the iterations in float32, batched over
+emulated and torch's step is slow beyond use (on a 2-core AVX2 host: 16.7 s against 0.48 s,
+34.8x), so ``Float32Muon`` does the same update with the iterations in float32, batched over
 same-shaped matrices. Which one a run used is part of its training configuration
 (``train.muon_newton_schulz``, recorded only where it is float32, so that models trained before
 keep their keys).

@@ -46,7 +46,7 @@ def bf16_native(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA device with bf16 support, a CPU with
     AVX512-BF16 or AMX (never another device type)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and cpu_bf16_native()[0]
 
 
@@ -55,7 +55,7 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if requested not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{requested}'")
     if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         if requested == "auto":
             return ("bf16", "the CUDA device supports bf16") if bf16 else (
                 "fp32", "the CUDA device has no bf16 support")
