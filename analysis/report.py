@@ -31,7 +31,7 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
     ``from_tables``: a folder (or several) with an earlier report's ``runs.csv``,
     ``metrics.csv`` and ``speed.csv``: the report is made from those, together with the sweep
     folders if any are given (a study's parts: ``merge_parts``). The attention figure is drawn
-    from job folders, so it shows only the sweep folders' jobs."""
+    from job folders, so it shows only jobs whose folder exists on this machine."""
     out = Path(out_dir)
     sweep_dirs = [Path(d) for d in ([sweep_dirs] if isinstance(sweep_dirs, (str, Path))
                                     else sweep_dirs or [])]
@@ -162,7 +162,8 @@ def merge_parts(parts):
     seen, merged = {}, []
     for name, runs, metrics, speed in parts:
         keys = list(zip(runs["sweep"].astype(str), runs["job"].astype(str)))
-        same = [k for k, result in zip(keys, _results(runs)) if seen.get(k, (None,))[1:] == (result,)]
+        same = [k for k, result in zip(keys, _results(runs))
+                if k in seen and seen[k][1] == result]
         if same:
             sweep, job = same[0]
             raise ValueError(f"job {job} of sweep {sweep} is in two parts ({seen[same[0]][0]} "
