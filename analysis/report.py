@@ -287,9 +287,8 @@ def _report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), liv
         "Each job timed cached and uncached greedy generation alternately on its own trained "
         "model, in one process; a model's speed-up is the median over its pairs. The table "
         "gives, per training configuration, batch size and number of new tokens, the median "
-        "over models with a 95% "
-        "percentile-bootstrap interval and the range. `timed_alone` is false where jobs ran "
-        "in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
+        "over models with a 95% percentile-bootstrap interval and the range. `timed_alone` is "
+        "false where jobs ran in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
         "a step's action, generated after that step's state tokens from the data.",
         "", tables.to_markdown(made["kv_cache"]),
         "## Token layouts: state tokens beside action tokens", "",

@@ -173,9 +173,10 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     ``tokens=state_action`` a new token is a step's action, generated after its given state
     tokens: a different workload, so its own rows.
     """
-    cols = ["config", "tokens", "batch_size", "new_tokens", "models", "speedup_median", "speedup_ci95_low",
-            "speedup_ci95_high", "speedup_min", "speedup_max", "tokens_per_s_cache_on",
-            "tokens_per_s_cache_off", "precision", "timed_alone", "cached_decode_matched"]
+    cols = ["config", "tokens", "batch_size", "new_tokens", "models", "speedup_median",
+            "speedup_ci95_low", "speedup_ci95_high", "speedup_min", "speedup_max",
+            "tokens_per_s_cache_on", "tokens_per_s_cache_off", "precision", "timed_alone",
+            "cached_decode_matched"]
     if speed.empty:
         return pd.DataFrame(columns=cols)
     ok = runs[runs["status"] == "completed"]
@@ -202,7 +203,8 @@ def kv_cache(runs, speed) -> pd.DataFrame:
         matched = (f"{int(by_model.sum())}/{len(by_model)} causal models" if len(by_model)
                    else "n/a")
         med, lo, hi = median_ci(cell["speedup"])
-        rows.append({"config": config, "tokens": tokens, "batch_size": batch, "new_tokens": new, "models": len(cell),
+        rows.append({"config": config, "tokens": tokens, "batch_size": batch, "new_tokens": new,
+                     "models": len(cell),
                      "speedup_median": med, "speedup_ci95_low": lo, "speedup_ci95_high": hi,
                      "speedup_min": cell["speedup"].min(), "speedup_max": cell["speedup"].max(),
                      "tokens_per_s_cache_on": cell["on"].median(),

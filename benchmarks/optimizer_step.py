@@ -62,19 +62,19 @@ def main():
             t = time.perf_counter()
             opts[name].step()
             times[name].append(time.perf_counter() - t)
+    native = bf16_native(torch.device("cpu"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{len(params[names[0]])} matrices, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: "
-          f"{bf16_native(torch.device('cpu'))} (the package uses "
-          f"{'torch.optim.Muon' if bf16_native(torch.device('cpu')) else 'Float32Muon'} here)")
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {native} (the package uses "
+          f"{'torch.optim.Muon' if native else 'Float32Muon'} here)")
     print(f"\n{'optimizer':<44}{'median ms':>10}{'spread ms':>11}")
     for name in names:
         t = times[name]
         print(f"{name:<44}{1e3 * statistics.median(t):>10.1f}{1e3 * (max(t) - min(t)):>11.1f}")
     ratio = statistics.median(times[names[1]]) / statistics.median(times[names[0]])
     paired = statistics.median(b / a for a, b in zip(times[names[0]], times[names[1]]))
-    print(f"\ntorch.optim.Muon time / Float32Muon = {ratio:.2f}x (paired by round: {paired:.2f}x); "
-          f"largest relative difference of the first update: {rel:.3f}")
+    print(f"\ntorch.optim.Muon time / Float32Muon = {ratio:.2f}x (paired by round: "
+          f"{paired:.2f}x); largest relative difference of the first update: {rel:.3f}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ medians, and the median of the ratios within each round, whose order rotates), a
 model FLOPs utilisation: 6 x parameters x tokens/s against the machine's matmul peak measured
 in the same run (a 2048^3 matmul in the row's precision; 512^3 in emulated bf16). Every model
 runs in each of ``--precisions`` (``auto`` resolves as ``train.precision=auto`` does: bf16
-where the CPU computes it natively); the ratios are against the reference in fp32, measured in the same rounds.
+where the CPU computes it natively); the ratios are against the reference in fp32, measured in
+the same rounds.
 Goals: our work/s >= the reference's at the same precision; ``auto`` >= 1.8x the fp32 reference
 on a CPU with native bf16.
 """

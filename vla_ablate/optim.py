@@ -24,6 +24,7 @@ keep their keys).
 from __future__ import annotations
 
 import torch
+from torch.optim._muon import _adjust_lr
 
 from vla_ablate.precision import bf16_native
 
@@ -117,21 +118,11 @@ class Float32Muon(torch.optim.Muon):
             for shape, items in by_shape.items():  # one batched orthogonalisation per shape
                 updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"],
                                         group["eps"], group["ns_coefficients"])
-                adjusted = _adjusted_lr(lr, group["adjust_lr_fn"], shape)
+                adjusted = _adjust_lr(lr, group["adjust_lr_fn"], shape)  # torch's own
                 for (p, _), update in zip(items, updates):
                     p.mul_(1 - lr * wd)
                     p.add_(update, alpha=-adjusted)
         return loss
-
-
-def _adjusted_lr(lr, adjust_lr_fn, shape) -> float:
-    """torch.optim.Muon's learning-rate adjustment for a (rows, cols) matrix."""
-    rows, cols = shape[:2]
-    if adjust_lr_fn is None or adjust_lr_fn == "original":
-        return lr * max(1.0, rows / cols) ** 0.5
-    if adjust_lr_fn == "match_rms_adamw":
-        return lr * 0.2 * max(rows, cols) ** 0.5
-    return lr
 
 
 def newton_schulz_precision(device: torch.device) -> str:
