@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
-from tests.conftest import SMOKE, compose_cfg, run_cli
+from conftest import SMOKE, compose_cfg, run_cli
 from vla_ablate.config import ConfigError, validate
 from vla_ablate.data import VOCAB_SIZE, _simulate, generate_dataset
 from vla_ablate.model import DecoderOnlyTransformer, build_model
