@@ -333,6 +333,9 @@ def test_every_evaluation_runs_in_the_state_layout(token_sweep):
                (summaries[("state_action", 1)][1] / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if r["split"] == "val"]
     assert val[-1]["action_loss"] == state["val_action_loss"]
+    log = (summaries[("state_action", 1)][1] / "vla_ablate.log").read_text()  # progress=false
+    assert (f"step 30/30: val loss {val[-1]['loss']:.4f} "
+            f"(action tokens {val[-1]['action_loss']:.4f})") in log
 
 
 def test_analysis_gains_the_token_table_and_plot(token_sweep, tmp_path):

@@ -108,6 +108,32 @@ def test_resume_gives_identical_weights_and_metrics(tmp_path, actions, optimizer
     assert result.val_loss == ref.val_loss
 
 
+def test_without_a_progress_bar_each_validation_is_logged_with_the_time_left(tmp_path, actions):
+    # train.progress=false (study parts under nohup): the job log still shows the run moving
+    messages = []
+    torch.manual_seed(0)
+    train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0), actions[64:],
+          tcfg(), tmp_path, torch.device("cpu"), 0, log=messages.append)
+    lines = [m for m in messages if m.startswith("step ")]
+    vals = [r["loss"] for r in MetricsFile(tmp_path).read() if r["split"] == "val"]
+    assert [m.split(":")[0] for m in lines] == ["step 8/24", "step 16/24", "step 24/24"]
+    assert [f"val loss {v:.4f}," in m for m, v in zip(lines, vals)] == [True] * 3
+    assert ["min left" in m for m in lines] == [True, True, False]
+    assert not [m for m in lines if "action tokens" in m]  # tokens=action: the loss is theirs
+    (tmp_path / "train_done.json").unlink()
+    for name in ("last.pt", "step_0000016.pt"):
+        (tmp_path / "checkpoints" / name).unlink()
+    messages.clear()  # resumed from step 8: its lines go on from there
+    train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0), actions[64:],
+          tcfg(), tmp_path, torch.device("cpu"), 0, log=messages.append)
+    assert [m.split(":")[0] for m in messages if m.startswith("step ")] == ["step 16/24",
+                                                                             "step 24/24"]
+    messages.clear()  # with the bar, the bar says it
+    train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0), actions[64:],
+          tcfg(progress=True), tmp_path / "bar", torch.device("cpu"), 0, log=messages.append)
+    assert not [m for m in messages if m.startswith("step ")]
+
+
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, actions):
     fresh_run(tmp_path, actions, tcfg())
     ckpt = tmp_path / "checkpoints"

@@ -479,6 +479,9 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                       "elapsed_s": elapsed_before + time.perf_counter() - t0})
                 if progress:
                     progress.write(f"step {s}: val loss {last_val:.4f}")
+                else:  # a sign of life in logs of long runs (train.progress=false)
+                    log(_eval_line(s, budget.end, last_val, last_val_action if by_action else None,
+                                   start, time.perf_counter() - t0))
                 if last_val < best_val:
                     best_val = last_val
                     ckpts.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -581,6 +584,17 @@ def compiled(model, mode: str, steps: int, log=print) -> TrainingStep:
             why += f": {cpp_compiler()} builds its CPU kernels"
         log(f"compiling the training step (torch.compile{why}; the first steps are slow)")
     return TrainingStep(model, compile_it, fall_back=mode == "auto", log=log)
+
+
+def _eval_line(step, end, val, val_action, start, seconds):
+    """``step 300/2400: val loss 2.0311 (action tokens 1.9650), 11 min, ~73 min left``: the
+    time is this sitting's (a resumed run counts from its checkpoint), the estimate its pace."""
+    def minutes(sec):
+        return "<1 min" if sec < 60 else f"{sec / 60:.0f} min"
+
+    action = "" if val_action is None else f" (action tokens {val_action:.4f})"
+    left = "" if step >= end else f", ~{minutes(seconds / (step - start) * (end - step))} left"
+    return f"step {step}/{end}: val loss {val:.4f}{action}, {minutes(seconds)}{left}"
 
 
 def _progress_bar(start, tcfg):
