@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from vla_ablate.config import TrainConfig
+from vla_ablate.config import ConfigError, TrainConfig
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.model.linear import Linear
 from vla_ablate.optim import CombinedOptimizer, make_optimizer
+from vla_ablate.runfolder import bind_folder
 
 ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
             dropout=0.0)
@@ -144,7 +145,8 @@ def test_float32_muon_is_torchs_update_with_float32_newton_schulz(monkeypatch):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_muon_runs_its_iterations_in_bf16_only_where_bf16_is_native(monkeypatch, native):
+def test_muon_runs_its_iterations_in_bf16_only_where_bf16_is_native(monkeypatch, native,
+                                                                   tmp_path):
     """Emulated bf16 made torch's Muon step 35x slower than float32 on an AVX2 host
     (benchmarks/optimizer_step.py): there the run uses Float32Muon, and says so in its
     training config (so its models never share a key with bf16-iteration ones)."""
@@ -160,7 +162,14 @@ def test_muon_runs_its_iterations_in_bf16_only_where_bf16_is_native(monkeypatch,
     recorded = run.training_config(cfg)["train"].get("muon_newton_schulz")
     assert recorded == (None if native else "fp32")
     keys = {run.model_key(cfg)}
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("train: {}\n")
+    bind_folder(tmp_path, run.training_config(cfg))
     monkeypatch.setattr(optim, "bf16_native", lambda device: not native)
     assert run.model_key(cfg) not in keys
+    # its folder, on a host of the other kind: refused, and told that no setting can match it
+    with pytest.raises(ConfigError, match="train.muon_newton_schulz follows the device, not a "
+                       "setting .*on a host of the kind it was trained on"):
+        bind_folder(tmp_path, run.training_config(cfg))
     adamw = compose_cfg(["train.device=cpu", "train.optimizer=adamw"])
     assert "muon_newton_schulz" not in run.training_config(adamw)["train"]

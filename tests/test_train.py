@@ -10,7 +10,7 @@ from vla_ablate.config import TrainConfig
 from vla_ablate.data import generate_dataset
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.runfolder import MetricsFile
-from vla_ablate.train import BatchSource, Checkpoints, lr_at, train
+from vla_ablate.train import BatchSource, Checkpoints, SittingPace, _eval_line, lr_at, train
 
 ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
             dropout=0.1)
@@ -134,6 +134,23 @@ def test_without_a_progress_bar_each_validation_is_logged_with_the_time_left(tmp
     assert not [m for m in messages if m.startswith("step ")]
 
 
+def test_the_time_left_is_this_sittings_pace_after_its_first_step():
+    readings = iter([0.0, 100.0, 107.0, 107.0, 200.0])  # the first step compiles: 100 s
+    pace = SittingPace(start=8, clock=lambda: next(readings))  # resumed at step 8
+    pace.stepped(9)
+    for step in range(10, 17):
+        pace.stepped(step)  # only the first step is timed on its own
+    assert pace.left(16, 24) == pytest.approx(8.0)  # 7 steps in 7 s after the first: 1 s/step
+    assert pace.elapsed() == 107.0
+    one = SittingPace(start=0, clock=iter([0.0, 30.0, 30.0]).__next__)
+    one.stepped(1)
+    assert one.left(1, 3) == pytest.approx(60.0)  # one step so far: it is the pace
+    assert _eval_line(16, 24, 1.0, None, 120.0, 8.0) == "step 16/24: val loss 1.0000, 2 min, <1 min left"
+    assert (_eval_line(300, 2400, 2.03114, 1.96501, 660.0, 4620.0)
+            == "step 300/2400: val loss 2.0311 (action tokens 1.9650), 11 min, ~77 min left")
+    assert _eval_line(24, 24, 1.0, None, 30.0) == "step 24/24: val loss 1.0000, <1 min"
+
+
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, actions):
     fresh_run(tmp_path, actions, tcfg())
     ckpt = tmp_path / "checkpoints"
@@ -227,6 +244,10 @@ def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch)
     # the evaluation at the end still happens
     final = MetricsFile(tmp_path).read()[-1]
     assert final["split"] == "val" and final["step"] == result.steps
+    # (train.progress=false) its line ends at the budget's step, with no time left
+    assert [m for m in messages if m.startswith("step ")][-1].startswith(
+        f"step {result.steps}/{result.steps}: val loss {final['loss']:.4f}, ")
+    assert "left" not in [m for m in messages if m.startswith("step ")][-1]
 
 
 def test_time_budget_shorter_than_warmup_finishes_warmup_and_decays(tmp_path, actions,

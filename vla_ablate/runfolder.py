@@ -104,6 +104,10 @@ def bind_folder(folder, training: dict) -> None:
     write_json(folder / BINDING, {"training": training, "hydra_files": hydra_files})
 
 
+# training-config keys that the device decides (vla_ablate/run.py training_config)
+HOST_KEYS = ("train.muon_newton_schulz",)
+
+
 def bind_check(folder, training: dict) -> None:
     """Raise ``ConfigError`` if ``folder`` is bound to another training config."""
     path = Path(folder) / BINDING
@@ -112,10 +116,14 @@ def bind_check(folder, training: dict) -> None:
         diff = differences(bound["training"], training)
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+            advice = "repeat its settings to resume or re-evaluate it"
+            if any(d.startswith(f"{key}:") for d in diff for key in HOST_KEYS):
+                advice = (f"{', '.join(HOST_KEYS)} follows the device, not a setting (float32 "
+                          "where it has no native bf16): resume or re-evaluate it on a host of "
+                          "the kind it was trained on")
             raise ConfigError(
-                f"{folder} holds a run trained with other settings ({shown}); repeat its "
-                "settings to resume or re-evaluate it, or give a new folder (hydra.run.dir=... "
-                "or hydra.sweep.dir=...)"
+                f"{folder} holds a run trained with other settings ({shown}); {advice}, or "
+                "give a new folder (hydra.run.dir=... or hydra.sweep.dir=...)"
             )
 
 

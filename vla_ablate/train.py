@@ -247,6 +247,30 @@ class TimedCheckpoints:
         self.since = _clock()
 
 
+class SittingPace:
+    """This sitting's pace, for the time left: counted from the end of its first step (which
+    pays for compiling) where a later step exists, and from the sitting's start before that."""
+
+    def __init__(self, start: int, clock=time.perf_counter):
+        self.clock = clock  # not _clock: reading it would move the tests' fake time budgets
+        self.start, self.t0, self.first = start, clock(), None
+
+    def stepped(self, step: int) -> None:
+        """Called after each step (``step`` steps done)."""
+        if self.first is None:
+            self.first = (step, self.clock())
+
+    def elapsed(self) -> float:
+        return self.clock() - self.t0
+
+    def left(self, step: int, end: int) -> float:
+        """Seconds until step ``end`` at this pace (``step`` steps done)."""
+        now = self.clock()
+        base_step, base_t = (self.first if self.first and step > self.first[0]
+                             else (self.start, self.t0))
+        return (now - base_t) / max(step - base_step, 1) * (end - step)
+
+
 class TimeBudget:
     """``train.max_minutes``: training ends cleanly when its time budget is spent (0: no budget).
 
@@ -410,6 +434,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     progress = _progress_bar(start, tcfg) if tcfg.progress else None
     budget = TimeBudget(tcfg, elapsed_before, horizon, log=log, hard=hard)
     timed = TimedCheckpoints(tcfg.checkpoint_minutes)
+    pace = SittingPace(start)
     s = start
     model.train()
     with stop_on_signals() as stop:
@@ -446,6 +471,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             scaler.step(optimizer)
             scaler.update()
             s = step + 1
+            pace.stepped(s)
             last = budget.is_last(s)
             window_loss += loss_value
             window_steps += 1
@@ -480,8 +506,9 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 if progress:
                     progress.write(f"step {s}: val loss {last_val:.4f}")
                 else:  # a sign of life in logs of long runs (train.progress=false)
-                    log(_eval_line(s, budget.end, last_val, last_val_action if by_action else None,
-                                   start, time.perf_counter() - t0))
+                    log(_eval_line(s, s if last else budget.end,  # a spent budget ends here
+                                   last_val, last_val_action if by_action else None,
+                                   pace.elapsed(), None if last else pace.left(s, budget.end)))
                 if last_val < best_val:
                     best_val = last_val
                     ckpts.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -586,15 +613,18 @@ def compiled(model, mode: str, steps: int, log=print) -> TrainingStep:
     return TrainingStep(model, compile_it, fall_back=mode == "auto", log=log)
 
 
-def _eval_line(step, end, val, val_action, start, seconds):
-    """``step 300/2400: val loss 2.0311 (action tokens 1.9650), 11 min, ~73 min left``: the
-    time is this sitting's (a resumed run counts from its checkpoint), the estimate its pace."""
+def _eval_line(step, end, val, val_action, seconds, left=None):
+    """``step 300/2400: val loss 2.0311 (action tokens 1.9650), 11 min, ~77 min left``:
+    ``seconds`` this sitting's time (a resumed run counts from its checkpoint), ``left`` the
+    estimate of the time to ``end`` (None: training ends at this step)."""
     def minutes(sec):
         return "<1 min" if sec < 60 else f"{sec / 60:.0f} min"
 
     action = "" if val_action is None else f" (action tokens {val_action:.4f})"
-    left = "" if step >= end else f", ~{minutes(seconds / (step - start) * (end - step))} left"
-    return f"step {step}/{end}: val loss {val:.4f}{action}, {minutes(seconds)}{left}"
+    after = ""
+    if left is not None:
+        after = ", <1 min left" if left < 60 else f", ~{minutes(left)} left"
+    return f"step {step}/{end}: val loss {val:.4f}{action}, {minutes(seconds)}{after}"
 
 
 def _progress_bar(start, tcfg):
