@@ -102,6 +102,8 @@ def test_folder_binding_refuses_other_training_settings(tmp_path):
         bind_folder(tmp_path, {"train": {"steps": 60, "lr": 0.003}, "seed": 2})
     assert "train.steps: 30 -> 60" in str(info.value) and "seed: 1 -> 2" in str(info.value)
     assert "lr" not in str(info.value) and "\n" not in str(info.value)
+    assert "repeat its settings to resume" in str(info.value)
+    assert "follows the device" not in str(info.value)  # only for keys the device decides
     assert json.loads((tmp_path / BINDING).read_text())["training"]["train"]["steps"] == 30
     assert restore_hydra_files(tmp_path)
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == "train:\n  steps: 30\n"

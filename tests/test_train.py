@@ -135,7 +135,7 @@ def test_without_a_progress_bar_each_validation_is_logged_with_the_time_left(tmp
 
 
 def test_the_time_left_is_this_sittings_pace_after_its_first_step():
-    readings = iter([0.0, 100.0, 107.0, 107.0, 200.0])  # the first step compiles: 100 s
+    readings = iter([0.0, 100.0, 107.0, 107.0])  # the first step compiles: 100 s
     pace = SittingPace(start=8, clock=lambda: next(readings))  # resumed at step 8
     pace.stepped(9)
     for step in range(10, 17):
@@ -248,6 +248,29 @@ def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch)
     assert [m for m in messages if m.startswith("step ")][-1].startswith(
         f"step {result.steps}/{result.steps}: val loss {final['loss']:.4f}, ")
     assert "left" not in [m for m in messages if m.startswith("step ")][-1]
+
+
+def test_a_budget_spent_before_its_horizon_ends_there_and_its_line_says_so(tmp_path, actions,
+                                                                            monkeypatch):
+    import vla_ablate.train as train_module
+
+    class SlowsDown(FakeClock):  # steps of 1 s until the horizon is fixed, then one of 1000 s
+        def __call__(self):
+            self.now += 1000.0 if self.now == 10.0 else 1.0
+            return self.now
+
+    monkeypatch.setattr(train_module, "_clock", SlowsDown())
+    cfg = tcfg(steps=100, warmup_steps=4, max_minutes=1.0, checkpoint_minutes=0, eval_every=100)
+    messages = []
+    torch.manual_seed(0)
+    result = train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0),
+                   actions[64:], cfg, tmp_path, torch.device("cpu"), 0, log=messages.append)
+    horizon = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["horizon"]
+    assert result.stopped_by == "train.max_minutes" and result.steps < horizon
+    assert any(f"spent at step {result.steps}; ending training" in m for m in messages)
+    lines = [m for m in messages if m.startswith("step ")]
+    assert len(lines) == 1 and lines[0].startswith(f"step {result.steps}/{result.steps}: ")
+    assert "left" not in lines[0]
 
 
 def test_time_budget_shorter_than_warmup_finishes_warmup_and_decays(tmp_path, actions,

@@ -116,11 +116,14 @@ def bind_check(folder, training: dict) -> None:
         diff = differences(bound["training"], training)
         if diff:
             shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
-            advice = "repeat its settings to resume or re-evaluate it"
-            if any(d.startswith(f"{key}:") for d in diff for key in HOST_KEYS):
-                advice = (f"{', '.join(HOST_KEYS)} follows the device, not a setting (float32 "
-                          "where it has no native bf16): resume or re-evaluate it on a host of "
-                          "the kind it was trained on")
+            host = [k for k in HOST_KEYS if any(d.startswith(f"{k}:") for d in diff)]
+            advice = [] if len(host) == len(diff) else [
+                "repeat its settings to resume or re-evaluate it"]
+            if host:
+                advice.append(f"{', '.join(host)} follows the device, not a setting (float32 "
+                              "where it has no native bf16): resume or re-evaluate it on a host "
+                              "of the kind it was trained on")
+            advice = "; ".join(advice)
             raise ConfigError(
                 f"{folder} holds a run trained with other settings ({shown}); {advice}, or "
                 "give a new folder (hydra.run.dir=... or hydra.sweep.dir=...)"
