@@ -6,9 +6,9 @@ that launches the jobs, whatever the launcher:
 - before any job starts, every job's config is composed and checked (``config.validate``, the
   job folder's binding to a training config, two jobs sharing a folder); each problem is one
   line on stderr, and nothing runs (exit 2);
-- ``cache`` becomes the outermost axis, so the jobs that reuse a model (its ``cache`` twins) come
-  after every model's first job instead of beside it (with fewer parallel slots than models,
-  a twin never waits on its model's lock);
+- ``cache`` becomes the outermost axis, so the jobs that reuse a model (its ``cache`` twins) are
+  launched after every model's first job instead of beside it: parallel slots train models
+  first (a twin that gets a slot before its model's training ends still waits on its lock);
 - afterwards, the jobs of this launch that did not complete are counted from their
   ``summary.json`` (the jobs may have run in other processes or on other machines), so the
   exit status reflects them.
