@@ -10,7 +10,8 @@ from vla_ablate.config import TrainConfig
 from vla_ablate.data import generate_dataset
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.runfolder import MetricsFile
-from vla_ablate.train import BatchSource, Checkpoints, SittingPace, _eval_line, lr_at, train
+from vla_ablate.train import (BatchSource, Checkpoints, Pace, _eval_line, lr_at, train,
+                              validations_left)
 
 ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
             dropout=0.1)
@@ -136,15 +137,27 @@ def test_without_a_progress_bar_each_validation_is_logged_with_the_time_left(tmp
 
 def test_the_time_left_is_this_sittings_pace_after_its_first_step():
     readings = iter([0.0, 100.0, 107.0, 107.0])  # the first step compiles: 100 s
-    pace = SittingPace(start=8, clock=lambda: next(readings))  # resumed at step 8
+    pace = Pace(lambda: next(readings), start=8)  # resumed at step 8
     pace.stepped(9)
     for step in range(10, 17):
         pace.stepped(step)  # only the first step is timed on its own
     assert pace.left(16, 24) == pytest.approx(8.0)  # 7 steps in 7 s after the first: 1 s/step
     assert pace.elapsed() == 107.0
-    one = SittingPace(start=0, clock=iter([0.0, 30.0, 30.0]).__next__)
+    one = Pace(iter([0.0, 30.0, 30.0]).__next__)
     one.stepped(1)
     assert one.left(1, 3) == pytest.approx(60.0)  # one step so far: it is the pace
+    # a validation just after a resume is not a step's time: set aside, then counted once per
+    # validation left (a resume at step 290 once read "~506 min left" for ~300)
+    readings = iter([0.0, 30.0, 162.0])  # start, step 291 compiles, 9 steps of 8 s, 60 s aside
+    resumed = Pace(lambda: next(readings), start=290)
+    resumed.stepped(291)
+    resumed.set_aside(60.0)  # the validation at step 300
+    assert resumed.per_step(300, now=next(readings)) == pytest.approx(8.0)
+    assert validations_left(300, 2400, 100) == 21 and validations_left(16, 25, 8) == 2
+    assert validations_left(2300, 2400, 100) == 1 and validations_left(0, 24, 8) == 3
+    # a time budget's pace counts a resumed run's time before this process (t0 moves back)
+    before = Pace(iter([500.0, 530.0]).__next__, elapsed_before=70.0)
+    assert before.elapsed() == 100.0 and before.per_step(10, now=530.0) == pytest.approx(10.0)
     assert _eval_line(16, 24, 1.0, None, 120.0, 8.0) == "step 16/24: val loss 1.0000, 2 min, <1 min left"
     assert (_eval_line(300, 2400, 2.03114, 1.96501, 660.0, 4620.0)
             == "step 300/2400: val loss 2.0311 (action tokens 1.9650), 11 min, ~77 min left")

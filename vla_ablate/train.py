@@ -247,28 +247,42 @@ class TimedCheckpoints:
         self.since = _clock()
 
 
-class SittingPace:
-    """This sitting's pace, for the time left: counted from the end of its first step (which
-    pays for compiling) where a later step exists, and from the sitting's start before that."""
+class Pace:
+    """Seconds per step of this process's steps on ``clock``: counted from the end of its first
+    step, which holds one-off costs (torch.compile's 15-30 s on a CPU), once a later step
+    exists, and from the start (``start`` steps done, ``elapsed_before`` seconds in) before that.
+    Time ``set_aside`` (the full validations) is left out: it does not recur with every step.
+    """
 
-    def __init__(self, start: int, clock=time.perf_counter):
-        self.clock = clock  # not _clock: reading it would move the tests' fake time budgets
-        self.start, self.t0, self.first = start, clock(), None
+    def __init__(self, clock, start: int = 0, elapsed_before: float = 0.0):
+        self.clock, self.start = clock, start
+        self.t0, self.first, self.aside = clock() - elapsed_before, None, 0.0
 
-    def stepped(self, step: int) -> None:
+    def elapsed(self, now: float | None = None) -> float:
+        return (self.clock() if now is None else now) - self.t0
+
+    def stepped(self, step: int, now: float | None = None) -> None:
         """Called after each step (``step`` steps done)."""
         if self.first is None:
-            self.first = (step, self.clock())
+            self.first = (step, self.clock() if now is None else now, self.aside)
 
-    def elapsed(self) -> float:
-        return self.clock() - self.t0
+    def set_aside(self, seconds: float) -> None:
+        self.aside += seconds
+
+    def per_step(self, step: int, now: float | None = None) -> float:
+        now = self.clock() if now is None else now
+        base_step, base_t, base_aside = (self.first if self.first and step > self.first[0]
+                                         else (self.start, self.t0, 0.0))
+        return (now - base_t - (self.aside - base_aside)) / max(step - base_step, 1)
 
     def left(self, step: int, end: int) -> float:
-        """Seconds until step ``end`` at this pace (``step`` steps done)."""
-        now = self.clock()
-        base_step, base_t = (self.first if self.first and step > self.first[0]
-                             else (self.start, self.t0))
-        return (now - base_t) / max(step - base_step, 1) * (end - step)
+        """Seconds of steps until step ``end`` at this pace (``step`` steps done)."""
+        return self.per_step(step) * (end - step)
+
+
+def validations_left(step: int, end: int, every: int) -> int:
+    """Full validations after step ``step`` up to ``end``: every ``every`` steps and at the end."""
+    return end // every - step // every + (end % every != 0)
 
 
 class TimeBudget:
@@ -289,10 +303,9 @@ class TimeBudget:
     def __init__(self, tcfg, elapsed_before: float, horizon: int | None, log=print,
                  hard: bool = True):
         self.tcfg, self.seconds, self.log = tcfg, tcfg.max_minutes * 60, log
-        self.t0 = _clock() - elapsed_before
+        self.pace = Pace(_clock, elapsed_before=elapsed_before)
         self.horizon = horizon if self.seconds > 0 else None
         self.hard = hard  # False once the warmup overran the budget: end at the horizon
-        self.first = None  # (steps done, elapsed) after this process's first step
         # a resumed run keeps what its horizon says about why it ends early
         self.stopped_by = ("train.max_minutes" if self.horizon and self.horizon < tcfg.steps
                            else None)
@@ -307,17 +320,13 @@ class TimeBudget:
         if self.seconds <= 0 or step >= self.end:
             return step >= self.end
         warmup = max(1, self.tcfg.warmup_steps)
-        elapsed = _clock() - self.t0
-        if self.first is None:
-            self.first = (step, elapsed)
+        now = self.pace.clock()
+        elapsed = self.pace.elapsed(now)
+        self.pace.stepped(step, now)
         if self.horizon is None and step >= warmup:
-            # the steps after this process's first one set the pace: the first also holds
-            # one-off costs (a compilation above all) that the rest of the run does not repeat
-            first_step, first_elapsed = self.first
-            per_step = ((elapsed - first_elapsed) / (step - first_step) if step > first_step
-                        else 0.0)
-            if per_step <= 0:  # no step after the first yet, or a clock that did not move
-                per_step = elapsed / step
+            # the steps after this process's first one set the pace (see Pace); a clock that
+            # did not move between them falls back to the whole run's
+            per_step = self.pace.per_step(step, now) or max(elapsed, 1e-9) / step
             fit = step + int((self.seconds * self.MARGIN - elapsed) / per_step)
             self.horizon = min(self.tcfg.steps, max(fit, step + 1))
             if fit <= step:
@@ -429,18 +438,18 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     last_train_loss, last_val, window_loss, window_steps = None, None, 0.0, 0
     last_val_action = None
     by_action = layout.name != "action"  # the records carry the action tokens' loss too
-    t0 = time.perf_counter()
-    window_t0 = t0
+    # this sitting's clock: not _clock, which the tests' fake time budgets read
+    pace = Pace(time.perf_counter, start)
+    window_t0 = pace.t0
     progress = _progress_bar(start, tcfg) if tcfg.progress else None
     budget = TimeBudget(tcfg, elapsed_before, horizon, log=log, hard=hard)
     timed = TimedCheckpoints(tcfg.checkpoint_minutes)
-    pace = SittingPace(start)
     s = start
     model.train()
     with stop_on_signals() as stop:
         for step in range(start, budget.end):
             if stop["signum"] is not None:
-                ckpts.save(snapshot(step, elapsed_before + time.perf_counter() - t0), ckpts.last)
+                ckpts.save(snapshot(step, elapsed_before + pace.elapsed()), ckpts.last)
                 raise TrainingInterrupted(step, stop["signum"])
             lr = lr_at(step, tcfg, budget.horizon)
             for group in optimizer.param_groups:
@@ -463,7 +472,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 log(f"diverged at step {step + 1}: loss {loss_value}; keeping the last good checkpoint")
                 result = TrainResult("diverged", step, last_train_loss, last_val,
                                      None if best_val == math.inf else best_val,
-                                     elapsed_before + time.perf_counter() - t0, diverged_step=step + 1,
+                                     elapsed_before + pace.elapsed(), diverged_step=step + 1,
                                      resumed_from=resumed_from, val_action_loss=last_val_action,
                                      compiled=step_fn.compiled)
                 write_json(train_dir / "train_done.json", result.as_dict())
@@ -478,12 +487,12 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
             if progress:
                 progress.update(1)
             if s % tcfg.log_every == 0 or last:
-                now = time.perf_counter()
+                now = pace.clock()
                 last_train_loss = window_loss / window_steps
                 tps = tokens_per_step * window_steps / max(now - window_t0, 1e-9)
                 emit({"step": s, "split": "train", "loss": last_train_loss,
                       "perplexity": math.exp(min(last_train_loss, 50)), "lr": lr,
-                      "tokens_per_s": tps, "elapsed_s": elapsed_before + now - t0})
+                      "tokens_per_s": tps, "elapsed_s": elapsed_before + pace.elapsed(now)})
                 if progress:
                     progress.set_postfix(loss=f"{last_train_loss:.3f}", tok_s=f"{tps:,.0f}")
                 window_loss, window_steps, window_t0 = 0.0, 0, now
@@ -495,20 +504,26 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 emit({"step": s, "split": "val_subset", "loss": subset,
                       "perplexity": math.exp(min(subset, 50)),
                       **({"action_loss": subset_action} if by_action else {}),
-                      "elapsed_s": elapsed_before + time.perf_counter() - t0})
+                      "elapsed_s": elapsed_before + pace.elapsed()})
             if s % tcfg.eval_every == 0 or last:
+                val_t0 = pace.clock()
                 last_val, last_val_action = validation_losses(model, val_actions, device, layout,
                                                               precision)
+                val_seconds = pace.clock() - val_t0
+                pace.set_aside(val_seconds)
                 emit({"step": s, "split": "val", "loss": last_val,
                       "perplexity": math.exp(min(last_val, 50)),
                       **({"action_loss": last_val_action} if by_action else {}),
-                      "elapsed_s": elapsed_before + time.perf_counter() - t0})
+                      "elapsed_s": elapsed_before + pace.elapsed()})
                 if progress:
                     progress.write(f"step {s}: val loss {last_val:.4f}")
                 else:  # a sign of life in logs of long runs (train.progress=false)
+                    left = None if last else (  # the steps', then the validations' time
+                        pace.left(s, budget.end)
+                        + val_seconds * validations_left(s, budget.end, tcfg.eval_every))
                     log(_eval_line(s, s if last else budget.end,  # a spent budget ends here
                                    last_val, last_val_action if by_action else None,
-                                   pace.elapsed(), None if last else pace.left(s, budget.end)))
+                                   pace.elapsed(), left))
                 if last_val < best_val:
                     best_val = last_val
                     ckpts.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
@@ -516,21 +531,21 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                                 "model": model.state_dict(), "step": s, "val_loss": last_val},
                                ckpts.best)
             if s % tcfg.checkpoint_every == 0 and not last:
-                ckpts.save_step(snapshot(s, elapsed_before + time.perf_counter() - t0), s)
+                ckpts.save_step(snapshot(s, elapsed_before + pace.elapsed()), s)
             if not last and timed.due(s, tcfg.log_every):  # train.checkpoint_minutes
-                ckpts.save(snapshot(s, elapsed_before + time.perf_counter() - t0), ckpts.last)
+                ckpts.save(snapshot(s, elapsed_before + pace.elapsed()), ckpts.last)
                 timed.saved()
             if last:
                 break
     if progress:
         progress.close()
-    elapsed = elapsed_before + time.perf_counter() - t0
+    elapsed = elapsed_before + pace.elapsed()
     ckpts.save(snapshot(s, elapsed), ckpts.last)
     done_steps = s - start
     result = TrainResult(
         "completed", s, last_train_loss, last_val, best_val, elapsed,
         resumed_from=resumed_from,
-        tokens_per_s=tokens_per_step * done_steps / max(time.perf_counter() - t0, 1e-9),
+        tokens_per_s=tokens_per_step * done_steps / max(pace.elapsed(), 1e-9),
         stopped_by=budget.stopped_by, val_action_loss=last_val_action,
         compiled=step_fn.compiled,
     )
