@@ -164,6 +164,31 @@ def test_the_time_left_is_this_sittings_pace_after_its_first_step():
     assert _eval_line(24, 24, 1.0, None, 30.0) == "step 24/24: val loss 1.0000, <1 min"
 
 
+def test_the_time_left_counts_each_validation_once_not_in_the_step_pace(tmp_path, actions,
+                                                                          monkeypatch):
+    import vla_ablate.train as train_module
+
+    now = [0.0]  # a sitting clock that only the full validations move: 1000 s each
+    real = train_module.validation_losses
+
+    def slow_validation(*args, **kwargs):
+        now[0] += 1000.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_sitting_clock", lambda: now[0])
+    monkeypatch.setattr(train_module, "validation_losses", slow_validation)
+    messages = []
+    torch.manual_seed(0)
+    train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0), actions[64:],
+          tcfg(subset_eval_every=0), tmp_path, torch.device("cpu"), 0, log=messages.append)
+    lines = [m for m in messages if m.startswith("step ")]
+    # steps take no time: two validations left (16, 24) at 1000 s each. Counted in the step
+    # pace too it would read ~71 min; with no validations left counted, <1 min
+    assert lines[0].endswith(", 17 min, ~33 min left")
+    assert lines[1].endswith(", 33 min, ~17 min left")
+    assert validations_left(24, 24, 8) == 0
+
+
 def test_corrupt_newest_checkpoint_falls_back(tmp_path, actions):
     fresh_run(tmp_path, actions, tcfg())
     ckpt = tmp_path / "checkpoints"

@@ -228,6 +228,7 @@ def load_model_from_checkpoint(path, **overrides):
 # ------------------------------------------------------------------------------ time
 
 _clock = time.monotonic  # the tests replace it to make time-based decisions predictable
+_sitting_clock = time.perf_counter  # times and paces a sitting reports (tests replace it)
 
 
 class TimedCheckpoints:
@@ -282,7 +283,7 @@ class Pace:
 
 def validations_left(step: int, end: int, every: int) -> int:
     """Full validations after step ``step`` up to ``end``: every ``every`` steps and at the end."""
-    return end // every - step // every + (end % every != 0)
+    return 0 if step >= end else end // every - step // every + (end % every != 0)
 
 
 class TimeBudget:
@@ -326,7 +327,9 @@ class TimeBudget:
         if self.horizon is None and step >= warmup:
             # the steps after this process's first one set the pace (see Pace); a clock that
             # did not move between them falls back to the whole run's
-            per_step = self.pace.per_step(step, now) or max(elapsed, 1e-9) / step
+            per_step = self.pace.per_step(step, now)
+            if per_step <= 0:
+                per_step = max(elapsed, 1e-9) / step
             fit = step + int((self.seconds * self.MARGIN - elapsed) / per_step)
             self.horizon = min(self.tcfg.steps, max(fit, step + 1))
             if fit <= step:
@@ -438,8 +441,7 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
     last_train_loss, last_val, window_loss, window_steps = None, None, 0.0, 0
     last_val_action = None
     by_action = layout.name != "action"  # the records carry the action tokens' loss too
-    # this sitting's clock: not _clock, which the tests' fake time budgets read
-    pace = Pace(time.perf_counter, start)
+    pace = Pace(_sitting_clock, start)  # not _clock: its readings would move fake time budgets
     window_t0 = pace.t0
     progress = _progress_bar(start, tcfg) if tcfg.progress else None
     budget = TimeBudget(tcfg, elapsed_before, horizon, log=log, hard=hard)
