@@ -10,8 +10,15 @@ from vla_ablate.config import TrainConfig
 from vla_ablate.data import generate_dataset
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.runfolder import MetricsFile
-from vla_ablate.train import (BatchSource, Checkpoints, Pace, _eval_line, lr_at, train,
-                              validations_left)
+from vla_ablate.train import (
+    BatchSource,
+    Checkpoints,
+    Pace,
+    _eval_line,
+    lr_at,
+    train,
+    validations_left,
+)
 
 ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
             dropout=0.1)
