@@ -263,6 +263,8 @@ def test_checkpoint_minutes_saves_resumable_state_between_step_checkpoints(tmp_p
     result = train(model, ARGS, BatchSource(actions[:64], 8, 0), actions[64:], cfg,
                    tmp_path / "part", torch.device("cpu"), 0, log=messages.append)
     assert result.resumed_from == saved["step"]
+    # a resumed run's speed covers every sitting, as its training time does (8 x 11 tokens a step)
+    assert result.tokens_per_s == pytest.approx(8 * 11 * result.steps / result.train_time_s)
     for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
 

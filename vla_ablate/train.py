@@ -543,11 +543,10 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
         progress.close()
     elapsed = elapsed_before + pace.elapsed()
     ckpts.save(snapshot(s, elapsed), ckpts.last)
-    done_steps = s - start
     result = TrainResult(
         "completed", s, last_train_loss, last_val, best_val, elapsed,
-        resumed_from=resumed_from,
-        tokens_per_s=tokens_per_step * done_steps / max(pace.elapsed(), 1e-9),
+        resumed_from=resumed_from,  # tokens/s over every sitting, as train_time_s is
+        tokens_per_s=tokens_per_step * s / max(elapsed, 1e-9),
         stopped_by=budget.stopped_by, val_action_loss=last_val_action,
         compiled=step_fn.compiled,
     )
