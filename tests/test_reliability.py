@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -99,6 +100,77 @@ def test_sigterm_saves_and_resumes(tmp_path, reference_run):
     resumed = run_cli(args, cwd=tmp_path)
     assert f"resuming from checkpoint at step {saved}" in resumed.stderr
     assert_same_result(run_dir, reference_run)
+
+
+def read_until(proc, text):
+    """Read the process's stderr until a line holds ``text``. A watchdog kills the process after
+    300 s, which ends the read: a run that never logs ``text`` fails the test, never hangs it."""
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    seen = []
+    try:
+        for line in proc.stderr:
+            seen.append(line)
+            if text in line:
+                return
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"the run ended (exit {proc.wait()}) before logging {text!r}:\n"
+                         + "".join(seen))
+
+
+def test_sigterm_while_evaluating_is_recorded_and_the_rerun_counts_the_training(tmp_path):
+    """SIGTERM after training, in the evaluations, used to kill the process with its summary left
+    `running`: now the job records `interrupted`, its wall time and exit 143. A `kill -9` keeps
+    the earlier sittings' time (the `running` summary carries it). The same command then
+    evaluates the trained model without training it again, and the job still counts that
+    training as its own (`trained_here`, which the analysis's cost sums)."""
+    sweep = tmp_path / "sweep"
+    # eval.gen_repeats left out of the job folder's name, so all three sittings share the folder
+    keep_name = ("hydra.job.config.override_dirname.exclude_keys=[experiment,data.cache_dir,"
+                 "train.num_threads,train.progress,train.device,logger.wandb.mode,eval.gen_repeats]")
+    args = ["-m", *SMOKE, "seed=1", "logger=none", keep_name, f"hydra.sweep.dir={sweep}",
+            f"data.cache_dir={tmp_path / 'ds'}"]
+    endless = "eval.gen_repeats=1000000"  # evaluations that last until the process is stopped
+    started = []
+
+    def start():
+        started.append(start_cli([*args, endless], tmp_path))
+        return started[-1]
+
+    try:
+        proc = start()
+        read_until(proc, "evaluating in")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 143, stderr
+        assert "Traceback" not in stderr
+        assert "interrupted by signal 15 (no training step in progress); to resume: " in stderr
+        (job,) = [p.parent for p in sweep.glob("*/summary.json")]
+        first = json.loads((job / "summary.json").read_text())
+        assert first["status"] == "interrupted" and first["wall_time_total_s"] > 0
+
+        proc = start()
+        read_until(proc, "by this job in an earlier sitting")
+        read_until(proc, "evaluating in")
+        running = json.loads((job / "summary.json").read_text())
+        assert running["status"] == "running"
+        assert running["wall_time_total_s"] == first["wall_time_total_s"]
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:  # a failed assertion must not leave an endless evaluation running
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+    again = run_cli(args, cwd=tmp_path)
+    assert "training model" not in again.stderr
+    assert [p.parent for p in sweep.glob("*/summary.json")] == [job]
+    done = json.loads((job / "summary.json").read_text())
+    assert done["status"] == "completed" and done["trained_here"] is True
+    assert done["wall_time_total_s"] == pytest.approx(
+        first["wall_time_total_s"] + done["wall_time_s"], abs=2.0)  # the killed sitting is lost
 
 
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, reference_run):

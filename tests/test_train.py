@@ -1,6 +1,9 @@
 """The training loop in-process: schedule, batches, checkpoints, resume, divergence."""
 
+import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -267,6 +270,37 @@ def test_checkpoint_minutes_saves_resumable_state_between_step_checkpoints(tmp_p
     assert result.tokens_per_s == pytest.approx(8 * 11 * result.steps / result.train_time_s)
     for a, b in zip(ref_model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_signal_during_the_last_step_is_raised_again_once_the_model_is_saved(tmp_path,
+                                                                               actions):
+    """SIGTERM after the loop's last look at its flag (here during the final validation) used to
+    be swallowed: the job went on to evaluate. Now train() saves the finished model first."""
+
+    class Stopped(BaseException):
+        pass
+
+    def handler(_signum, _frame):
+        raise Stopped
+
+    cfg = tcfg()
+
+    def term_at_the_final_validation(record):
+        if record["step"] == cfg.steps and record["split"] == "val":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        torch.manual_seed(0)
+        with pytest.raises(Stopped):
+            train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0),
+                  actions[64:], cfg, tmp_path, torch.device("cpu"), 0,
+                  on_record=term_at_the_final_validation, log=lambda m: None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    done = json.loads((tmp_path / "train_done.json").read_text())
+    assert done["status"] == "completed" and done["steps"] == cfg.steps
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == cfg.steps
 
 
 def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch):

@@ -40,6 +40,7 @@ from vla_ablate.data import (
     load_or_generate,
     split_indices,
 )
+from vla_ablate.fileio import write_json
 from vla_ablate.loggers import CsvLogger, Logger, WandbLogger
 from vla_ablate.model import build_model, model_args_from_config
 from vla_ablate.optim import newton_schulz_precision
@@ -94,6 +95,43 @@ def axes_of(cfg) -> dict:
             "tokens": "action" if tokens is None else str(tokens.name)}
 
 
+class JobInterrupted(BaseException):
+    """SIGTERM while a job is outside its training loop (loading data, evaluating). A
+    BaseException, as KeyboardInterrupt is: the ``except Exception`` that reads a damaged cache
+    or checkpoint as unusable must not take a stop for damage."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum} (no training step in progress)")
+        self.signum = signum
+
+
+@contextmanager
+def sigterm_stops_the_job():
+    """SIGTERM ends the job as Ctrl-C does: recorded as interrupted, with its wall time, and the
+    process exits 143. (The training loop installs its own handler for its steps, which saves a
+    checkpoint first, and puts this one back.) Once the job is being recorded (``armed`` set
+    False), a SIGTERM waits until the block ends and is then raised again."""
+    state = {"armed": True, "pending": None}
+
+    def handler(signum, _frame):
+        if state["armed"]:
+            state["armed"] = False  # one stop is enough: a second waits for the record
+            raise JobInterrupted(signum)
+        state["pending"] = signum
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if state["pending"] is not None:  # a normal exit: the job is recorded, now stop
+        signal.raise_signal(state["pending"])
+
+
 def run_job(cfg) -> dict:
     """Run one job; never raises for a job's own failure (except Ctrl-C, which stops a sweep)."""
     hc = HydraConfig.get()
@@ -114,48 +152,64 @@ def run_job(cfg) -> dict:
     bind_folder(run_dir, training)
     earlier = _earlier_wall_time(run_dir)  # earlier sittings in this folder (a resumed run)
     stamp = {"launch_id": os.environ.get(LAUNCH_ENV), **code_version()}
-    write_summary(run_dir, {**running_summary(axes), **stamp})
+    # the earlier sittings' time stays on record should this one be killed (kill -9)
+    write_summary(run_dir, {**running_summary(axes), **stamp, "wall_time_total_s": earlier})
     t0 = time.time()
     logger: Logger = Logger()
     status, summary, message, signum = "failed", {}, None, None
-    try:
-        logger = make_logger(cfg, run_dir, hc, axes)
-        summary = execute(cfg, run_dir, multirun, logger)
-        status = summary["status"]
-    except ConfigError as err:
-        status, message = "bad_config", str(err)
-        error(str(err))
-    except TrainingInterrupted as err:
-        status, message, signum = "interrupted", str(err), err.signum
-        log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
-        status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
-        log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
-    except Exception as err:  # noqa: BLE001 - recorded as the job's status
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        error(f"{message} (traceback in {run_dir / 'error.log'})")
-    finally:
-        code = 128 + signum if status == "interrupted" else EXIT_CODES.get(status, 1)
-        summary = {**summary, **stamp}
-        if "training_config" not in summary:  # so the analysis labels a failed job like the rest
-            try:
-                summary["training_config"] = training_config(cfg)
-            except Exception:  # noqa: BLE001 - a config too broken to describe
-                pass
-        if status != "completed":
-            summary = {**summary, "status": "failed" if status == "bad_config" else status,
-                       **axes, "axes": axes, "error": message or summary.get("error"),
-                       "wall_time_s": time.time() - t0}
-        summary["wall_time_total_s"] = earlier + (time.time() - t0)  # every sitting
-        write_summary(run_dir, summary)
-        logger.log_summary(summary)
-        logger.finish(exit_code=code)
+    with sigterm_stops_the_job() as stop:
+        try:
+            logger = make_logger(cfg, run_dir, hc, axes)
+            summary = execute(cfg, run_dir, multirun, logger)
+            status = summary["status"]
+        except ConfigError as err:
+            status, message = "bad_config", str(err)
+            error(str(err))
+        except TrainingInterrupted as err:
+            status, message, signum = "interrupted", str(err), err.signum
+            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
+        except JobInterrupted as err:  # SIGTERM outside the training loop (data, evaluation)
+            status, message, signum = "interrupted", str(err), err.signum
+            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
+            status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
+            log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
+        except Exception as err:  # noqa: BLE001 - recorded as the job's status
+            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            error(f"{message} (traceback in {run_dir / 'error.log'})")
+        finally:
+            stop["armed"] = False  # a SIGTERM from here on waits until the job is recorded
+            code = 128 + signum if status == "interrupted" else EXIT_CODES.get(status, 1)
+            summary = {**summary, **stamp}
+            if "training_config" not in summary:  # so the analysis labels a failed job like the rest
+                try:
+                    summary["training_config"] = training_config(cfg)
+                except Exception:  # noqa: BLE001 - a config too broken to describe
+                    pass
+            if status != "completed":
+                summary = {**summary, "status": "failed" if status == "bad_config" else status,
+                           **axes, "axes": axes, "error": message or summary.get("error"),
+                           "wall_time_s": time.time() - t0}
+            summary["wall_time_total_s"] = earlier + (time.time() - t0)  # every sitting
+            write_summary(run_dir, summary)
+            logger.log_summary(summary)
+            logger.finish(exit_code=code)
+        if status == "interrupted":
+            stop["pending"] = None  # it exits 128 + signum below
     if status == "interrupted":
         sys.exit(128 + signum)  # stops a sweep too; the checkpoint is saved
     if code and not multirun:
         sys.exit(code)
     return summary
+
+
+def _trained_by(trainer: Path) -> str | None:
+    """The job folder name ``trained_by.json`` holds (None where no job of this version wrote one)."""
+    try:
+        return json.loads(trainer.read_text()).get("job")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _earlier_wall_time(run_dir: Path) -> float:
@@ -272,8 +326,12 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
 
     with model_lock(train_dir):
         done = train_dir / "train_done.json"
-        trained_here = not done.exists()
-        if trained_here:
+        trainer = train_dir / "trained_by.json"  # the job that trained it last (finished it)
+        train_now = not done.exists()
+        # a job stopped while evaluating, re-run: the model is still its own training
+        trained_here = train_now or _trained_by(trainer) == run_dir.name
+        if train_now:
+            write_json(trainer, {"job": run_dir.name})
             torch.manual_seed(cfg.seed)
             model = build_model(cfg)
             log(f"training model {key} ({model.num_parameters():,} parameters) in {train_dir}")
@@ -283,7 +341,8 @@ def execute(cfg, run_dir: Path, multirun: bool, logger: Logger) -> dict:
                            precision=precision, layout=layout).as_dict()
         else:
             result = json.loads(done.read_text())
-            log(f"model {key} already trained in {train_dir} ({result['status']}); reusing it")
+            log(f"model {key} already trained in {train_dir} ({result['status']}"
+                f"{', by this job in an earlier sitting' if trained_here else ''}); reusing it")
             for record in MetricsFile(train_dir).read():
                 logger.log_metrics(record)
     records = MetricsFile(train_dir).read()

@@ -356,7 +356,9 @@ class TimeBudget:
 
 @contextmanager
 def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (to save first)."""
+    """Turn SIGINT/SIGTERM into a flag the loop checks before each step (to save first). One that
+    came after the loop's last look (during the last step, the final saves, or a diverging step)
+    is raised again on leaving the block normally, under the handlers it found."""
     flag = {"signum": None}
 
     def handler(signum, _frame):
@@ -373,6 +375,8 @@ def stop_on_signals():
     finally:
         for sig, prev in previous.items():
             signal.signal(sig, prev)
+    if flag["signum"] is not None:  # reached on a normal exit only (not TrainingInterrupted)
+        signal.raise_signal(flag["signum"])
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -539,18 +543,20 @@ def train(model, model_args, batches: BatchSource, val_actions, tcfg, train_dir,
                 timed.saved()
             if last:
                 break
-    if progress:
-        progress.close()
-    elapsed = elapsed_before + pace.elapsed()
-    ckpts.save(snapshot(s, elapsed), ckpts.last)
-    result = TrainResult(
-        "completed", s, last_train_loss, last_val, best_val, elapsed,
-        resumed_from=resumed_from,  # tokens/s over every sitting, as train_time_s is
-        tokens_per_s=tokens_per_step * s / max(elapsed, 1e-9),
-        stopped_by=budget.stopped_by, val_action_loss=last_val_action,
-        compiled=step_fn.compiled,
-    )
-    write_json(train_dir / "train_done.json", result.as_dict())
+        if progress:
+            progress.close()
+        # still under stop_on_signals: a signal during the last step or these saves comes after
+        # the loop's last look, and is raised again once the trained model is saved
+        elapsed = elapsed_before + pace.elapsed()
+        ckpts.save(snapshot(s, elapsed), ckpts.last)
+        result = TrainResult(
+            "completed", s, last_train_loss, last_val, best_val, elapsed,
+            resumed_from=resumed_from,  # tokens/s over every sitting, as train_time_s is
+            tokens_per_s=tokens_per_step * s / max(elapsed, 1e-9),
+            stopped_by=budget.stopped_by, val_action_loss=last_val_action,
+            compiled=step_fn.compiled,
+        )
+        write_json(train_dir / "train_done.json", result.as_dict())
     return result
 
 
