@@ -59,6 +59,7 @@ from vla_ablate.train import (
     BatchSource,
     TrainingInterrupted,
     load_checkpoint,
+    stop_on_signals,
     train,
     use_compile_decode,
 )
@@ -109,27 +110,20 @@ class JobInterrupted(BaseException):
 def sigterm_stops_the_job():
     """SIGTERM ends the job as Ctrl-C does: recorded as interrupted, with its wall time, and the
     process exits 143. (The training loop installs its own handler for its steps, which saves a
-    checkpoint first, and puts this one back.) Once the job is being recorded (``armed`` set
-    False), a SIGTERM waits until the block ends and is then raised again."""
-    state = {"armed": True, "pending": None}
+    checkpoint first, and puts this one back.)"""
 
     def handler(signum, _frame):
-        if state["armed"]:
-            state["armed"] = False  # one stop is enough: a second waits for the record
-            raise JobInterrupted(signum)
-        state["pending"] = signum
+        raise JobInterrupted(signum)
 
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread: leave signals alone
-        yield state
+        yield
         return
     try:
-        yield state
+        yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if state["pending"] is not None:  # a normal exit: the job is recorded, now stop
-        signal.raise_signal(state["pending"])
 
 
 def run_job(cfg) -> dict:
@@ -157,29 +151,29 @@ def run_job(cfg) -> dict:
     t0 = time.time()
     logger: Logger = Logger()
     status, summary, message, signum = "failed", {}, None, None
-    with sigterm_stops_the_job() as stop:
-        try:
+    try:
+        with sigterm_stops_the_job():
             logger = make_logger(cfg, run_dir, hc, axes)
             summary = execute(cfg, run_dir, multirun, logger)
-            status = summary["status"]
-        except ConfigError as err:
-            status, message = "bad_config", str(err)
-            error(str(err))
-        except TrainingInterrupted as err:
-            status, message, signum = "interrupted", str(err), err.signum
-            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
-        except JobInterrupted as err:  # SIGTERM outside the training loop (data, evaluation)
-            status, message, signum = "interrupted", str(err), err.signum
-            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
-        except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
-            status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
-            log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
-        except Exception as err:  # noqa: BLE001 - recorded as the job's status
-            message = f"{type(err).__name__}: {err}".splitlines()[0]
-            (run_dir / "error.log").write_text(traceback.format_exc())
-            error(f"{message} (traceback in {run_dir / 'error.log'})")
-        finally:
-            stop["armed"] = False  # a SIGTERM from here on waits until the job is recorded
+        status = summary["status"]
+    except ConfigError as err:
+        status, message = "bad_config", str(err)
+        error(str(err))
+    except TrainingInterrupted as err:
+        status, message, signum = "interrupted", str(err), err.signum
+        log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
+    except JobInterrupted as err:  # SIGTERM outside the training loop (data, evaluation)
+        status, message, signum = "interrupted", str(err), err.signum
+        log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
+        status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
+        log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
+    except Exception as err:  # noqa: BLE001 - recorded as the job's status
+        message = f"{type(err).__name__}: {err}".splitlines()[0]
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        error(f"{message} (traceback in {run_dir / 'error.log'})")
+    finally:  # a Ctrl-C or SIGTERM while the job is recorded waits for the record
+        with stop_on_signals() as stop:
             code = 128 + signum if status == "interrupted" else EXIT_CODES.get(status, 1)
             summary = {**summary, **stamp}
             if "training_config" not in summary:  # so the analysis labels a failed job like the rest
@@ -195,8 +189,8 @@ def run_job(cfg) -> dict:
             write_summary(run_dir, summary)
             logger.log_summary(summary)
             logger.finish(exit_code=code)
-        if status == "interrupted":
-            stop["pending"] = None  # it exits 128 + signum below
+            if status == "interrupted":
+                stop["signum"] = None  # it exits 128 + signum below
     if status == "interrupted":
         sys.exit(128 + signum)  # stops a sweep too; the checkpoint is saved
     if code and not multirun:
