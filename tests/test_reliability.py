@@ -173,6 +173,43 @@ def test_sigterm_while_evaluating_is_recorded_and_the_rerun_counts_the_training(
         first["wall_time_total_s"] + done["wall_time_s"], abs=2.0)  # the killed sitting is lost
 
 
+# The job's work ends in ``raised``; the SIGTERM comes while run_job logs that end (the one log
+# call whose message holds ``when``), after the job's own stop handlers are gone.
+SIGNAL_WHILE_CLASSIFIED = """
+import os, runpy, signal
+import vla_ablate.run as run
+def execute(*_args):
+    raise {raised}
+def hooked(message, _real=run.{logger}):
+    if {when!r} in message:
+        os.kill(os.getpid(), signal.SIGTERM)
+    _real(message)
+run.execute, run.{logger} = execute, hooked
+runpy.run_module("vla_ablate", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("raised, logger, when, status, exit_code", [
+    ("RuntimeError('boom')", "error", "boom", "failed", -signal.SIGTERM),
+    ("run.JobInterrupted(signal.SIGTERM)", "log", "to resume", "interrupted", 143),
+])
+def test_a_sigterm_while_the_job_is_classified_waits_for_its_record(
+        tmp_path, raised, logger, when, status, exit_code):
+    """A SIGTERM between the job's end and its record (here in the log call of an ``except``)
+    used to get the default action, leaving summary.json ``running``. Now it waits for the
+    record: a failed job is recorded as failed and then the held signal ends the process; an
+    interrupted one exits 143 as any stopped job does."""
+    code = SIGNAL_WHILE_CLASSIFIED.format(raised=raised, logger=logger, when=when)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", code, *SMOKE, "logger=none",
+                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert when in proc.stderr  # the hooked call ran, so the signal was sent
+    assert proc.returncode == exit_code, proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == status and summary["wall_time_total_s"] > 0
+
+
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, reference_run):
     args, run_dir, proc = interrupted_run(tmp_path, "step_0000040.pt", signal.SIGKILL)
     proc.wait(timeout=30)

@@ -107,23 +107,31 @@ class JobInterrupted(BaseException):
 
 
 @contextmanager
-def sigterm_stops_the_job():
-    """SIGTERM ends the job as Ctrl-C does: recorded as interrupted, with its wall time, and the
-    process exits 143. (The training loop installs its own handler for its steps, which saves a
-    checkpoint first, and puts this one back.)"""
+def signals_stop_the_job(stop: dict):
+    """Within ``stop_on_signals`` (``stop``), which holds a SIGTERM or Ctrl-C back until the job
+    is recorded: around the job's work, SIGTERM raises ``JobInterrupted`` and Ctrl-C does what it
+    did before (``KeyboardInterrupt``), so the job stops where it is. (The training loop installs
+    its own handlers for its steps, which save a checkpoint first, and puts these back.) A
+    signal held back just before the block is raised on entering it."""
 
-    def handler(signum, _frame):
+    def on_sigterm(signum, _frame):
         raise JobInterrupted(signum)
 
+    found, held = stop["found"], {}  # found is empty outside the main thread: signals left alone
+    if signal.SIGTERM in found:
+        held[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+    if signal.SIGINT in found:  # None: a handler not set from Python, which can't be put back
+        before = found[signal.SIGINT]
+        held[signal.SIGINT] = signal.signal(
+            signal.SIGINT, signal.default_int_handler if before is None else before)
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
+        if stop["signum"] is not None:
+            signum, stop["signum"] = stop["signum"], None
+            signal.raise_signal(signum)
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 def run_job(cfg) -> dict:
@@ -151,29 +159,31 @@ def run_job(cfg) -> dict:
     t0 = time.time()
     logger: Logger = Logger()
     status, summary, message, signum = "failed", {}, None, None
-    try:
-        with sigterm_stops_the_job():
-            logger = make_logger(cfg, run_dir, hc, axes)
-            summary = execute(cfg, run_dir, multirun, logger)
-        status = summary["status"]
-    except ConfigError as err:
-        status, message = "bad_config", str(err)
-        error(str(err))
-    except TrainingInterrupted as err:
-        status, message, signum = "interrupted", str(err), err.signum
-        log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
-    except JobInterrupted as err:  # SIGTERM outside the training loop (data, evaluation)
-        status, message, signum = "interrupted", str(err), err.signum
-        log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
-        status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
-        log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
-    except Exception as err:  # noqa: BLE001 - recorded as the job's status
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        error(f"{message} (traceback in {run_dir / 'error.log'})")
-    finally:  # a Ctrl-C or SIGTERM while the job is recorded waits for the record
-        with stop_on_signals() as stop:
+    # a SIGTERM or Ctrl-C stops the job's work at once (signals_stop_the_job); one that comes
+    # while the job is being classified or recorded waits for the record
+    with stop_on_signals() as stop:
+        try:
+            with signals_stop_the_job(stop):
+                logger = make_logger(cfg, run_dir, hc, axes)
+                summary = execute(cfg, run_dir, multirun, logger)
+            status = summary["status"]
+        except ConfigError as err:
+            status, message = "bad_config", str(err)
+            error(str(err))
+        except TrainingInterrupted as err:
+            status, message, signum = "interrupted", str(err), err.signum
+            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
+        except JobInterrupted as err:  # SIGTERM outside the training loop (data, evaluation)
+            status, message, signum = "interrupted", str(err), err.signum
+            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
+            status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
+            log(f"interrupted; to resume: {resume_command(hc, run_dir, multirun)}")
+        except Exception as err:  # noqa: BLE001 - recorded as the job's status
+            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            error(f"{message} (traceback in {run_dir / 'error.log'})")
+        finally:
             code = 128 + signum if status == "interrupted" else EXIT_CODES.get(status, 1)
             summary = {**summary, **stamp}
             if "training_config" not in summary:  # so the analysis labels a failed job like the rest

@@ -358,13 +358,13 @@ class TimeBudget:
 def stop_on_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks before each step (to save first). One that
     came after the loop's last look (during the last step, the final saves, or a diverging step)
-    is raised again on leaving the block normally, under the handlers it found."""
-    flag = {"signum": None}
+    is raised again on leaving the block normally, under the handlers it found (``found``)."""
+    previous = {}
+    flag = {"signum": None, "found": previous}
 
     def handler(signum, _frame):
         flag["signum"] = signum
 
-    previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             previous[sig] = signal.signal(sig, handler)
