@@ -329,7 +329,7 @@ def _table(df, columns) -> str:
 
 def _cell(value) -> str:
     if isinstance(value, (float, np.floating)):
-        return "n/a" if not np.isfinite(value) else f"{value:.4g}" if abs(value) >= 1e4 else f"{value:.4f}"
+        return "n/a" if not np.isfinite(value) else f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4f}"
     if value is None:
         return "n/a"
     return _esc(value)

@@ -264,9 +264,9 @@ def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     if df.empty:
         return "_(no rows)_\n"
 
-    def fmt(v):
+    def fmt(v):  # from 10,000 on, whole numbers: never fewer digits than the value has
         if isinstance(v, (float, np.floating)):
-            return "–" if not np.isfinite(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+            return "–" if not np.isfinite(v) else f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
         return "–" if v is None else str(v)
 
     lines = ["| " + " | ".join(map(str, df.columns)) + " |",

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import load_metrics, load_runs, load_speed
+from analysis.mdx import _table as _mdx_table
 from analysis.tables import mean_ci, to_markdown
 
 pytestmark = pytest.mark.slow
@@ -336,3 +337,9 @@ def test_to_markdown_formats():
     df = pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x", None]})
     assert to_markdown(df).splitlines() == ["| a | b |", "|---|---|", "| 1.2346 | x |",
                                             "| – | – |"]
+    # a job's 21,348 s once printed as 2e+04 in a one-decimal table
+    times = pd.DataFrame({"train_time_s": [5493.84, 21348.2, 123456789.0]})
+    assert to_markdown(times, digits=1).splitlines()[2:] == ["| 5493.8 |", "| 21348 |",
+                                                             "| 123456789 |"]
+    assert _mdx_table(times, ["train_time_s"]).splitlines()[2:] == [
+        "| 5493.8400 |", "| 21348 |", "| 123456789 |"]  # the course page's tables alike
