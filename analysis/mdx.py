@@ -328,11 +328,7 @@ def _table(df, columns) -> str:
 
 
 def _cell(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "n/a" if not np.isfinite(value) else f"{value:.0f}" if abs(value) >= 1e4 else f"{value:.4f}"
-    if value is None:
-        return "n/a"
-    return _esc(value)
+    return tables.cell_text(value, missing="n/a", text=_esc)
 
 
 def _f(value, digits=4) -> str:

@@ -259,19 +259,22 @@ def status_table(runs) -> pd.DataFrame:
                 "diverged_step", "error", "path"]].reset_index(drop=True)
 
 
+def cell_text(v, digits: int = 4, missing: str = "–", text=str) -> str:
+    """One table cell: floats with `digits` decimals and, from 10,000 on, as whole numbers (never
+    fewer digits than the value has); NaN, inf and None as `missing`; anything else through `text`."""
+    if isinstance(v, (float, np.floating)):
+        return missing if not np.isfinite(v) else f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+    return missing if v is None else text(v)
+
+
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub Markdown table (no extra dependency)."""
     if df.empty:
         return "_(no rows)_\n"
-
-    def fmt(v):  # from 10,000 on, whole numbers: never fewer digits than the value has
-        if isinstance(v, (float, np.floating)):
-            return "–" if not np.isfinite(v) else f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
-        return "–" if v is None else str(v)
-
     lines = ["| " + " | ".join(map(str, df.columns)) + " |",
              "|" + "|".join("---" for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell_text(v, digits) for v in row) + " |"
+              for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 

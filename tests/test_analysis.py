@@ -343,3 +343,6 @@ def test_to_markdown_formats():
                                                              "| 123456789 |"]
     assert _mdx_table(times, ["train_time_s"]).splitlines()[2:] == [
         "| 5493.8400 |", "| 21348 |", "| 123456789 |"]  # the course page's tables alike
+    # ... which say n/a for a missing value and escape text that MDX would read as code
+    assert _mdx_table(df, ["a", "b"]).splitlines()[2:] == ["| 1.2346 | x |", "| n/a | n/a |"]
+    assert _mdx_table(pd.DataFrame({"b": ["{x}<y>"]}), ["b"]).splitlines()[2] == "| \\{x\\}&lt;y&gt; |"
