@@ -189,3 +189,22 @@ def test_rope_doc_quotes_no_measurement_benchmarks_md_contradicts():
 
 def test_paths_in_this_file_exist():
     assert Path(ROOT / ".ci" / "run").exists()
+
+
+def test_the_docs_commands_that_read_committed_tables_run():
+    """Each `python -c "..."` in the docs that reads a table under docs/results/ (the commands
+    beside numbers derived by hand) still runs against the committed files and prints something:
+    a renamed column or a moved file would leave a number with a command that fails."""
+    import subprocess
+    import sys
+    import textwrap
+
+    files = [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.txt")]
+    snippets = [(path, textwrap.dedent(code)) for path in files
+                for code in re.findall(r'python -c "([^"]*)"', path.read_text())
+                if "docs/results/" in code]
+    assert len(snippets) >= 4  # tokens.md, the study README (two) and its machine.txt
+    for path, code in snippets:
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip(), (path, code, proc.stderr[-2000:])
