@@ -191,20 +191,47 @@ def test_paths_in_this_file_exist():
     assert Path(ROOT / ".ci" / "run").exists()
 
 
+def _docs_commands():
+    """(file, code, printed) of each `python -c` in the docs that reads a table under docs/results/,
+    as a reader copies it: a fenced block's indentation (a list item's) removed, the quoting undone
+    as the shell would; `printed` is what a transcript (`$ command`, then its output up to a blank
+    line) shows it printed, else None."""
+    import shlex
+
+    found = []
+    for path in [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.txt")]:
+        lines, text, indent = path.read_text().splitlines(), [], None
+        for line in lines:  # drop each fenced block's own indentation from its lines
+            fence = re.match(r"(\s*)```", line)
+            if fence:
+                indent = None if indent is not None else len(fence.group(1))
+            text.append(line[min(indent, len(line) - len(line.lstrip())):] if indent else line)
+        text = "\n".join(text)
+        for m in re.finditer(r"python3? -c (\"(?:[^\"\\]|\\.)*\"|'[^']*')", text):
+            code = shlex.split(m.group(1))[0]
+            if "docs/results/" not in code:
+                continue
+            transcript = re.match(r"\$ ", text[text.rfind("\n", 0, m.start()) + 1:m.start()])
+            printed = text[m.end():].lstrip("\n").split("\n\n")[0].rstrip() if transcript else None
+            found.append((path, code, printed))
+    return found
+
+
+@pytest.mark.slow
 def test_the_docs_commands_that_read_committed_tables_run():
-    """Each `python -c "..."` in the docs that reads a table under docs/results/ (the commands
-    beside numbers derived by hand) still runs against the committed files and prints something:
-    a renamed column or a moved file would leave a number with a command that fails."""
+    """Each `python -c` in the docs that reads a table under docs/results/ (the commands beside
+    numbers derived by hand) still runs against the committed files and prints something, and
+    what a transcript says it printed: a renamed column or a moved file would leave a number with
+    a command that fails."""
     import subprocess
     import sys
-    import textwrap
 
-    files = [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.txt")]
-    snippets = [(path, textwrap.dedent(code)) for path in files
-                for code in re.findall(r'python -c "([^"]*)"', path.read_text())
-                if "docs/results/" in code]
-    assert len(snippets) >= 4  # tokens.md, the study README (two) and its machine.txt
-    for path, code in snippets:
+    commands = _docs_commands()
+    # tokens.md, the study README (two, one inside a list item) and its machine.txt (a transcript)
+    assert len(commands) >= 4 and any(printed for _, _, printed in commands)
+    for path, code, printed in commands:
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout.strip(), (path, code, proc.stderr[-2000:])
+        if printed is not None:
+            assert proc.stdout.rstrip() == printed, (path, code)
