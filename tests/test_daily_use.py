@@ -5,7 +5,10 @@ import errno
 import json
 import os
 import re
+import shlex
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -196,8 +199,6 @@ def _docs_commands():
     as a reader copies it: a fenced block's indentation (a list item's) removed, the quoting undone
     as the shell would; `printed` is what a transcript (`$ command`, then its output up to a blank
     line) shows it printed, else None."""
-    import shlex
-
     found = []
     for path in [*ROOT.glob("*.md"), *(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.txt")]:
         lines, text, indent = path.read_text().splitlines(), [], None
@@ -223,9 +224,6 @@ def test_the_docs_commands_that_read_committed_tables_run():
     numbers derived by hand) still runs against the committed files and prints something, and
     what a transcript says it printed: a renamed column or a moved file would leave a number with
     a command that fails."""
-    import subprocess
-    import sys
-
     commands = _docs_commands()
     # tokens.md, the study README (two, one inside a list item) and its machine.txt (a transcript)
     assert len(commands) >= 4 and any(printed for _, _, printed in commands)
