@@ -170,11 +170,8 @@ def run_job(cfg) -> dict:
         except ConfigError as err:
             status, message = "bad_config", str(err)
             error(str(err))
-        except TrainingInterrupted as err:
-            status, message, signum = "interrupted", str(err), err.signum
-            log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
-        except JobInterrupted as err:  # SIGTERM outside the training loop (data, evaluation)
-            status, message, signum = "interrupted", str(err), err.signum
+        except (TrainingInterrupted, JobInterrupted) as err:  # JobInterrupted: SIGTERM outside
+            status, message, signum = "interrupted", str(err), err.signum  # the training loop
             log(f"{err}; to resume: {resume_command(hc, run_dir, multirun)}")
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
             status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
