@@ -1,4 +1,7 @@
+import fcntl
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,14 +38,38 @@ def run_cli(args, cwd, timeout=600, env=None, check=True):
 SMOKE = ["debug=smoke"]
 
 
+def built_once(tmp_path_factory, name, build):
+    """A folder made by ``build(folder)`` once per test session, however many pytest-xdist
+    workers ask for it: the first to take the lock builds it, the others wait and read it.
+    Without xdist, a fresh folder of this session. Its users only read it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / f"{name}.built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt by another worker
+            folder.mkdir()
+            build(folder)
+            (shared / f"{name}.built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
-    """One real debug=smoke multirun over pos x mask x cache (8 jobs), shared by the tests."""
-    root = tmp_path_factory.mktemp("sweep")
-    sweep = root / "sweep"
-    proc = run_cli(
-        ["-m", *SMOKE, "pos=rope,sinusoidal", "mask=causal,none", "cache=on,off",
-         f"hydra.sweep.dir={sweep}", f"data.cache_dir={root / 'datasets'}"],
-        cwd=root,
-    )
-    return sweep, proc
+    """One real debug=smoke multirun over pos x mask x cache (8 jobs), shared by the tests:
+    its folder and the finished command (returncode, stdout, stderr)."""
+    def build(root):
+        proc = run_cli(
+            ["-m", *SMOKE, "pos=rope,sinusoidal", "mask=causal,none", "cache=on,off",
+             f"hydra.sweep.dir={root / 'sweep'}", f"data.cache_dir={root / 'datasets'}"],
+            cwd=root,
+        )
+        (root / "command.json").write_text(json.dumps([proc.returncode, proc.stdout, proc.stderr]))
+
+    root = built_once(tmp_path_factory, "smoke_sweep", build)
+    code, out, err = json.loads((root / "command.json").read_text())
+    return root / "sweep", subprocess.CompletedProcess(["python", "-m", "vla_ablate"], code, out, err)

@@ -47,7 +47,9 @@ def test_lock_falls_back_to_a_lock_folder_where_flock_is_refused(tmp_path, monke
             inside.append(1)
             if len(inside) > 1:
                 overlaps.append(1)
-            time.sleep(0.3)
+            end = time.time() + 60  # held until the other job is seen waiting, however busy the CPU
+            while not any("waiting for another job" in m for m in messages) and time.time() < end:
+                time.sleep(0.01)
             inside.pop()
 
     threads = [threading.Thread(target=job) for _ in range(2)]

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, SMOKE, run_cli
+from conftest import ROOT, SMOKE, built_once, run_cli
 from wandb_reader import records, run_info
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def start_cli(args, cwd):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def wait_for(path, proc, timeout=120):
+def wait_for(path, proc, timeout=300):
     end = time.time() + timeout
     while time.time() < end:
         if path.exists():
@@ -49,9 +49,11 @@ def final_state(run_dir):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ref")
-    run_cli([*LONG, f"hydra.run.dir={root / 'run'}", f"data.cache_dir={root / 'ds'}"], cwd=root)
-    return final_state(root / "run")
+    def build(root):
+        run_cli([*LONG, f"hydra.run.dir={root / 'run'}", f"data.cache_dir={root / 'ds'}"],
+                cwd=root)
+
+    return final_state(built_once(tmp_path_factory, "reference_run", build) / "run")
 
 
 def assert_same_result(run_dir, reference):
@@ -406,7 +408,7 @@ def test_sigterm_default_folder_prints_the_resume_command_and_wandb_continues(tm
     args = [*LONG, "logger=wandb", f"data.cache_dir={tmp_path / 'ds'}"]
     proc = subprocess.Popen([sys.executable, "-m", "vla_ablate", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    end = time.time() + 120
+    end = time.time() + 300
     while not list((tmp_path / "outputs" / "runs").glob("*/*/checkpoints/step_0000020.pt")):
         assert proc.poll() is None and time.time() < end, proc.stderr.read()
         time.sleep(0.02)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import open_dict
 
-from conftest import SMOKE, compose_cfg, run_cli
+from conftest import SMOKE, built_once, compose_cfg, run_cli
 from vla_ablate.config import ConfigError, validate
 from vla_ablate.data import VOCAB_SIZE, _simulate, generate_dataset
 from vla_ablate.model import DecoderOnlyTransformer, build_model
@@ -295,11 +295,12 @@ def test_load_data_builds_the_layouts_sequences(tmp_path):
 @pytest.fixture(scope="module")
 def token_sweep(tmp_path_factory):
     """A smoke sweep over tokens x 2 seeds (RoPE, causal), analysed."""
-    root = tmp_path_factory.mktemp("tokens")
-    sweep = root / "sweep"
-    run_cli(["-m", *SMOKE, "tokens=action,state_action", "seed=1,2",
-             f"hydra.sweep.dir={sweep}", f"data.cache_dir={root / 'datasets'}"], cwd=root)
-    return sweep
+    def build(root):
+        run_cli(["-m", *SMOKE, "tokens=action,state_action", "seed=1,2",
+                 f"hydra.sweep.dir={root / 'sweep'}", f"data.cache_dir={root / 'datasets'}"],
+                cwd=root)
+
+    return built_once(tmp_path_factory, "token_sweep", build) / "sweep"
 
 
 def test_every_evaluation_runs_in_the_state_layout(token_sweep):
