@@ -17,6 +17,10 @@ CONF = ROOT / "conf"
 # wandb must never reach the network from the test suite
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+# pytest -n: the workers share the cores, so each test's runs and scripts get their share (a
+# job reads it with train.num_threads=0) rather than every core each
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
 
 def compose_cfg(overrides=(), hydra_config=False):
@@ -26,8 +30,10 @@ def compose_cfg(overrides=(), hydra_config=False):
 
 
 def run_cli(args, cwd, timeout=600, env=None, check=True):
-    """Run ``python -m vla_ablate ARGS`` in a subprocess; returns the CompletedProcess."""
+    """Run ``python -m vla_ablate ARGS`` in a subprocess (``env`` adds to the environment, a
+    value of None removes the variable); returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None: unset it
     proc = subprocess.run([sys.executable, "-m", "vla_ablate", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, compose_cfg
 from vla_ablate import run as run_module
 from vla_ablate.cli import one_line
 from vla_ablate.config import ConfigError
@@ -61,6 +61,19 @@ def test_lock_falls_back_to_a_lock_folder_where_flock_is_refused(tmp_path, monke
     assert any("file locks are not supported" in m for m in messages)
     assert any("waiting for another job" in m for m in messages)
     assert not (tmp_path / ".lock.d").exists()
+
+
+def test_the_thread_count_follows_omp_num_threads_unless_train_num_threads_is_set(monkeypatch):
+    cfg = compose_cfg(["debug=smoke"])
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert run_module.thread_count(cfg) == 3
+    cfg.train.num_threads = 5
+    assert run_module.thread_count(cfg) == 5
+    cfg.train.num_threads = 0
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        with pytest.raises(ConfigError, match="OMP_NUM_THREADS must be a positive whole number"):
+            run_module.thread_count(cfg)
 
 
 def test_a_lock_folder_left_by_a_dead_process_is_taken_over(tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 """End-to-end: real `python -m vla_ablate` runs and sweeps in subprocesses (marked slow)."""
 
 import json
-import os
 import subprocess
 
+import joblib
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -199,13 +199,14 @@ def test_parallel_joblib_jobs_share_one_model_through_the_lock(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE,
                     "cache=on,off", "eval.gen_repeats=1", f"hydra.sweep.dir={sweep}",
-                    f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
+                    f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": None})  # the default: cores divided among the jobs
     found = list(summaries(sweep).values())
     assert len(found) == 2
     assert all(s["status"] == "completed" for s in found)
     assert sorted(s["trained_here"] for s in found) == [False, True]
-    cores = os.cpu_count() or 1
-    assert all(s["threads"] == max(1, cores // 2) for s in found)  # shared by 2 jobs
+    # shared by 2 jobs: joblib's workers get OMP_NUM_THREADS = its count of usable cores // 2
+    assert all(s["threads"] == max(1, joblib.cpu_count() // 2) for s in found)
     assert proc.stderr.count("training model") == 1
     assert found[0]["val_loss"] == found[1]["val_loss"]
 

@@ -633,9 +633,16 @@ def jobs_at_once(cfg) -> int | None:
 
 
 def thread_count(cfg) -> int:
-    """train.num_threads, else the cores divided among the jobs that run at the same time."""
+    """train.num_threads, else ``OMP_NUM_THREADS`` where the environment sets it (as torch
+    itself would, had we not set the count), else the cores divided among the jobs that run at
+    the same time."""
     if cfg.train.num_threads:
         return cfg.train.num_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp:
+        if not omp.isdigit() or int(omp) < 1:
+            raise ConfigError(f"OMP_NUM_THREADS must be a positive whole number, got {omp!r}")
+        return int(omp)
     launcher = HydraConfig.get().launcher
     if "submitit" in str(launcher.get("_target_", "")):
         return int(launcher.get("cpus_per_task") or 1)
