@@ -3,9 +3,9 @@
 
     python benchmarks/optimizer_step.py [--rounds 15] [--dim 256 --layers 4]
 
-Both optimisers get the blocks' 20 weight matrices of the assignment's model with the same
-gradients (one real backward pass) and the same settings (lr 3e-3, momentum 0.95, Nesterov,
-weight decay 0.1, ``adjust_lr_fn="match_rms_adamw"``). Each round times one ``step()`` of each,
+Both optimisers get the blocks' weight matrices (20 in the assignment's model, the default size)
+with the same gradients (one real backward pass) and the same settings (lr 3e-3, momentum 0.95,
+Nesterov, weight decay 0.1, ``adjust_lr_fn="match_rms_adamw"``). Each round times one ``step()`` of each,
 the order alternating between rounds; the table shows the median time, the spread and the
 ratio, and how far apart the two first updates land (bf16 against float32 iterations).
 vla_ablate/optim.py uses torch's where the device computes bf16 in hardware and Float32Muon

@@ -1,7 +1,6 @@
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,8 @@ CONF = ROOT / "conf"
 # wandb must never reach the network from the test suite
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-# pytest -n: the workers share the cores, so each test's runs and scripts get their share (a
-# job reads it with train.num_threads=0) rather than every core each
+# pytest -n: the workers share the cores, so the runs and scripts a test starts get their share
+# (a job takes at most OMP_NUM_THREADS threads with train.num_threads=0) rather than every core
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
@@ -46,20 +45,27 @@ SMOKE = ["debug=smoke"]
 
 def built_once(tmp_path_factory, name, build):
     """A folder made by ``build(folder)`` once per test session, however many pytest-xdist
-    workers ask for it: the first to take the lock builds it, the others wait and read it.
-    Without xdist, a fresh folder of this session. Its users only read it."""
+    workers ask for it: the first to take the lock builds it, the others wait and read it (or
+    fail at once if its build failed). Without xdist, a fresh folder of this session. Its users
+    only read it."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         folder = tmp_path_factory.mktemp(name)
         build(folder)
         return folder
     shared = tmp_path_factory.getbasetemp().parent  # this session's, shared by its workers
-    folder = shared / name
+    folder, failed = shared / name, shared / f"{name}.failed"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():  # one failed build is reported by every test that needs it
+            pytest.fail(f"{name} could not be built (by another worker):\n{failed.read_text()}",
+                        pytrace=False)
         if not (shared / f"{name}.built").exists():
-            shutil.rmtree(folder, ignore_errors=True)  # a failed attempt by another worker
             folder.mkdir()
-            build(folder)
+            try:
+                build(folder)
+            except BaseException as err:
+                failed.write_text(f"{type(err).__name__}: {err}")
+                raise
             (shared / f"{name}.built").touch()
     return folder
 

@@ -63,17 +63,30 @@ def test_lock_falls_back_to_a_lock_folder_where_flock_is_refused(tmp_path, monke
     assert not (tmp_path / ".lock.d").exists()
 
 
-def test_the_thread_count_follows_omp_num_threads_unless_train_num_threads_is_set(monkeypatch):
-    cfg = compose_cfg(["debug=smoke"])
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert run_module.thread_count(cfg) == 3
-    cfg.train.num_threads = 5
+def test_the_thread_count_is_the_jobs_share_of_the_cores_at_most_omp_num_threads(monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    messages = []
+    monkeypatch.setattr(run_module, "log", messages.append)
+    cfg = compose_cfg(["debug=smoke", "train.concurrent_jobs=1"], hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored
+    HydraConfig.instance().set_config(cfg)  # as in a job: thread_count reads the launcher
+    monkeypatch.setattr(run_module.os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert run_module.thread_count(cfg) == 8
+    cfg.train.concurrent_jobs = 3
+    assert run_module.thread_count(cfg) == 2  # 8 cores among 3 jobs at once
+    for value, threads in (("1", 1), (" 4 ", 2), ("1,1", 1), ("64", 2)):  # fewer, never more
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert run_module.thread_count(cfg) == threads, value
+    cfg.train.num_threads = 5  # asked for: taken as it is
     assert run_module.thread_count(cfg) == 5
     cfg.train.num_threads = 0
-    for bad in ("two", "0", "-1"):
+    assert not messages
+    for bad in ("two", "0", "-1", "\u00b2"):  # ignored with a warning, as OpenMP does
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
-        with pytest.raises(ConfigError, match="OMP_NUM_THREADS must be a positive whole number"):
-            run_module.thread_count(cfg)
+        assert run_module.thread_count(cfg) == 2
+        assert f"OMP_NUM_THREADS={bad!r} is not a positive number" in messages[-1]
 
 
 def test_a_lock_folder_left_by_a_dead_process_is_taken_over(tmp_path, monkeypatch):

@@ -633,20 +633,30 @@ def jobs_at_once(cfg) -> int | None:
 
 
 def thread_count(cfg) -> int:
-    """train.num_threads, else ``OMP_NUM_THREADS`` where the environment sets it (as torch
-    itself would, had we not set the count), else the cores divided among the jobs that run at
-    the same time."""
+    """train.num_threads, else this job's share of the cores: ``cpus_per_task`` under submitit
+    (the allocation), else the cores divided among the jobs that run at the same time, fewer
+    where ``OMP_NUM_THREADS`` asks for fewer."""
     if cfg.train.num_threads:
         return cfg.train.num_threads
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp:
-        if not omp.isdigit() or int(omp) < 1:
-            raise ConfigError(f"OMP_NUM_THREADS must be a positive whole number, got {omp!r}")
-        return int(omp)
     launcher = HydraConfig.get().launcher
     if "submitit" in str(launcher.get("_target_", "")):
         return int(launcher.get("cpus_per_task") or 1)
-    return max(1, (os.cpu_count() or 1) // jobs_at_once(cfg))
+    share = max(1, (os.cpu_count() or 1) // jobs_at_once(cfg))
+    omp = omp_num_threads()
+    return min(share, omp) if omp else share
+
+
+def omp_num_threads() -> int | None:
+    """``OMP_NUM_THREADS``'s first level ("4" and "4,2" give 4), or None where it is unset; a
+    value that is not a positive number is ignored with a warning, as OpenMP and torch do."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    first = value.split(",")[0].strip()
+    if first.isascii() and first.isdigit() and int(first) > 0:
+        return int(first)
+    log(f"warning: OMP_NUM_THREADS={value!r} is not a positive number of threads; ignored")
+    return None
 
 
 def pick_device(name: str) -> torch.device:
