@@ -1,6 +1,7 @@
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ CONF = ROOT / "conf"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 # pytest -n: the workers share the cores, so the runs and scripts a test starts get their share
-# (a job takes at most OMP_NUM_THREADS threads with train.num_threads=0) rather than every core
+# (outside submitit a job takes at most OMP_NUM_THREADS threads) rather than every core
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
@@ -60,8 +61,9 @@ def built_once(tmp_path_factory, name, build):
             pytest.fail(f"{name} could not be built (by another worker):\n{failed.read_text()}",
                         pytrace=False)
         if not (shared / f"{name}.built").exists():
-            folder.mkdir()
             try:
+                shutil.rmtree(folder, ignore_errors=True)  # left by a worker that died building
+                folder.mkdir()
                 build(folder)
             except BaseException as err:
                 failed.write_text(f"{type(err).__name__}: {err}")

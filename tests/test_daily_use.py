@@ -87,6 +87,12 @@ def test_the_thread_count_is_the_jobs_share_of_the_cores_at_most_omp_num_threads
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         assert run_module.thread_count(cfg) == 2
         assert f"OMP_NUM_THREADS={bad!r} is not a positive number" in messages[-1]
+    # submitit: the allocation's cpus_per_task, whatever the shell's OMP_NUM_THREADS
+    cfg = compose_cfg(["debug=smoke", "hydra/launcher=submitit_local",
+                       "hydra.launcher.cpus_per_task=3"], hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run_module.thread_count(cfg) == 3
 
 
 def test_a_lock_folder_left_by_a_dead_process_is_taken_over(tmp_path, monkeypatch):

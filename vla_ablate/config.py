@@ -85,8 +85,8 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0  # a resumable last.pt every N minutes of training (0: off)
     max_minutes: float = 0.0  # time budget for training (0: none); see train.TimeBudget
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
-    num_threads: int = 0  # 0: cores / concurrent jobs, at most OMP_NUM_THREADS
-    concurrent_jobs: int = 1  # jobs sharing this machine (the joblib launcher sets it)
+    num_threads: int = 0  # 0: the job's share of the cores (run.thread_count)
+    concurrent_jobs: int = 1  # jobs sharing this machine (joblib: its n_jobs is used instead)
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16 | fp16 (CUDA)
     compile: str = "auto"  # auto | on | off: torch.compile (train.use_compile, use_compile_decode)
