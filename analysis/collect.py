@@ -209,6 +209,8 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             kv = s.get("kv_cache") or {}
             consistency = kv.get("consistency") or {}
             row["kv_matches"] = consistency.get("matches")
+            # the greedy decodes parted at a near-tie (matches held within the tolerance)
+            row["kv_greedy_tie"] = consistency.get("greedy_tie", False)
             row["kv_max_logit_diff"] = consistency.get("max_logit_diff")
             row["kv_concurrent_jobs"] = kv.get("concurrent_jobs")
             rows.append(row)

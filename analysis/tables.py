@@ -169,7 +169,9 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     Each job times cached and uncached generation alternately on its own model; a model's
     ratio is the median of its pairs (and of its jobs, when several evaluated it). The table
     gives the median ratio over models with a 95% bootstrap interval, the range, the median
-    tokens/s of each side, and how many causal runs decoded exactly like the full pass. With
+    tokens/s of each side, and how many causal models decoded like the full pass (every
+    check of the model: ``evaluate.kv_cache_consistency``'s ``matches``), naming those whose
+    greedy decodes parted at a near-tie. With
     ``tokens=state_action`` a new token is a step's action, generated after its given state
     tokens: a different workload, so its own rows.
     """
@@ -199,9 +201,15 @@ def kv_cache(runs, speed) -> pd.DataFrame:
                     & (ok["config"] == config)].dropna(subset=["kv_matches"])
         # per model: a model evaluated by several jobs (cache on/off, a later sweep) counts once,
         # and matches only if every check of it did
-        by_model = causal.groupby(causal["model_key"].fillna(causal["path"]))["kv_matches"].all()
+        model = causal["model_key"].fillna(causal["path"])
+        by_model = causal.groupby(model)["kv_matches"].all()
         matched = (f"{int(by_model.sum())}/{len(by_model)} causal models" if len(by_model)
                    else "n/a")
+        tie = (causal["kv_greedy_tie"] if "kv_greedy_tie" in causal
+               else pd.Series(False, index=causal.index))
+        ties = int((by_model & tie.fillna(False).astype(bool).groupby(model).any()).sum())
+        if ties:  # matched, but their greedy decodes parted where two logits were within it
+            matched += f" ({ties} with greedy decodes parting at a near-tie)"
         med, lo, hi = median_ci(cell["speedup"])
         rows.append({"config": config, "tokens": tokens, "batch_size": batch, "new_tokens": new,
                      "models": len(cell),

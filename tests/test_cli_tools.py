@@ -4,6 +4,7 @@ The fast tests call the commands' functions in-process; the slow ones run each c
 subprocess on the shared smoke sweep (tests/conftest.py) and feed each one bad input.
 """
 
+import json
 import os
 import pickle
 import re
@@ -305,3 +306,33 @@ def test_data_and_analysis_reject_bad_input_in_one_line(tmp_path):
     assert_one_line_error(run_module("analysis", tmp_path, "--format", "pdf"), "--format")
     assert_one_line_error(run_module("analysis", tmp_path / "missing", "--format", "mdx"),
                           "no such sweep folder")
+
+
+def test_check_cache_runs_a_jobs_kv_check_again_on_its_model(smoke_sweep, tmp_path):
+    sweep, _ = smoke_sweep
+    jobs = {}
+    for path in sorted(sweep.glob("*/summary.json")):
+        s = json.loads(path.read_text())
+        jobs.setdefault(s["mask"], (path.parent, s))
+    job, summary = jobs["causal"]
+    recorded = summary["kv_cache"]
+    proc = run_module("vla_ablate.check_cache", job, "--precision", "fp32",
+                      "--precision", recorded["precision"])
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("fp32: cached decoding matches the full pass")
+    assert any(line.startswith(f"{recorded['precision']}: cached decoding matches")
+               for line in lines[1:])
+    assert "greedy decodes: identical" in proc.stdout
+    # the same check as the job's, on the same inputs: what the job recorded, in its precision
+    from vla_ablate.check_cache import check_job
+
+    (again,) = check_job(job, [recorded["precision"]])
+    assert again["recorded"] == recorded["consistency"]
+    assert again["max_logit_diff"] == pytest.approx(recorded["consistency"]["max_logit_diff"])
+    assert again["greedy_tokens_match"] == recorded["consistency"]["greedy_tokens_match"]
+    unmasked, _ = jobs["none"]
+    proc = run_module("vla_ablate.check_cache", unmasked)
+    assert proc.returncode == 1 and "does NOT match" in proc.stdout
+    assert "by construction" in proc.stdout
+    assert_one_line_error(run_module("vla_ablate.check_cache", tmp_path), "not a job folder")

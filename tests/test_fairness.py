@@ -123,6 +123,48 @@ def test_kv_speed_alternates_both_sides_on_one_model(monkeypatch, val_actions):
     assert {"tokens_per_s_cache_on", "tokens_per_s_cache_off", "repeats"} <= set(row)
 
 
+def test_greedy_decodes_parting_at_a_near_tie_match_and_at_a_wrong_token_do_not(monkeypatch):
+    """A cached decode that picks the full pass's runner-up where the two logits lie within the
+    tolerance is a rounding tie; one that picks a token far below the best is an error."""
+    model = small_model()
+    torch.manual_seed(1)
+    prompts = torch.randint(0, 256, (3, 4))
+    plain = model.generate(prompts, 10, top_k=1, use_cache=False)
+    with torch.no_grad():
+        full = model(plain)[0]
+    row, pos = 1, 9  # a sampled slot of row 1
+    ranked = full[row, pos - 1].argsort(descending=True)
+    assert ranked[0] == plain[row, pos]
+    real_generate = model.generate
+
+    def cached_picks(token):
+        def generate(x, n, **kw):
+            out = real_generate(x, n, **kw).clone()
+            if kw.get("use_cache"):
+                out[row, pos] = token  # the step's pick; the tokens after it are not compared
+            return out
+        return generate
+
+    gap = (full[row, pos - 1, ranked[0]] - full[row, pos - 1, ranked[1]]).item()
+    assert gap > 0
+    monkeypatch.setattr(model, "generate", cached_picks(ranked[1]))
+    monkeypatch.setitem(evaluate.LOGIT_TOLERANCE, "fp32", 2 * gap)
+    tie = evaluate.kv_cache_consistency(model, prompts, 10, CPU)
+    assert tie["greedy_tokens_match"] is False and tie["greedy_tie"] is True
+    assert tie["matches"] is True
+    assert tie["first_difference"]["rows"] == [row]
+    assert tie["first_difference"]["position"] == pos
+    assert tie["first_difference"]["largest_logit_gap"] == pytest.approx(gap, rel=1e-4)
+    monkeypatch.setitem(evaluate.LOGIT_TOLERANCE, "fp32", gap / 2)  # the same gap, beyond it
+    beyond = evaluate.kv_cache_consistency(model, prompts, 10, CPU)
+    assert beyond["greedy_tie"] is False and beyond["matches"] is False
+    monkeypatch.setitem(evaluate.LOGIT_TOLERANCE, "fp32", 1e-3)
+    monkeypatch.setattr(model, "generate", cached_picks(ranked[-1]))  # the worst token
+    wrong = evaluate.kv_cache_consistency(model, prompts, 10, CPU)
+    assert wrong["matches"] is False and wrong["greedy_tie"] is False
+    assert wrong["first_difference"]["largest_logit_gap"] > 1e-3
+
+
 def test_bf16_generation_model_decodes_like_its_full_pass(val_actions):
     gen = evaluate.generation_model(small_model(), "bf16")
     assert gen.lm_head.weight.dtype == torch.bfloat16
@@ -165,7 +207,8 @@ def test_a_data_file_is_used_for_every_epoch(tmp_path, caplog):
 # ------------------------------------------------------------------ analysis
 
 
-def fake_job(folder, *, pos, seed, steps, val_loss, shift=0.0, speedups=(3.0,), mask="causal"):
+def fake_job(folder, *, pos, seed, steps, val_loss, shift=0.0, speedups=(3.0,), mask="causal",
+             consistency=None):
     """A completed job folder in the run format, trained with ``train.steps=steps``."""
     (folder / ".hydra").mkdir(parents=True)
     config = {"seed": seed, "data": {"seed": 42, "vary_with_seed": True, "path": None},
@@ -183,7 +226,7 @@ def fake_job(folder, *, pos, seed, steps, val_loss, shift=0.0, speedups=(3.0,), 
                    {"batch_size": 1, "new_tokens": 50, "speedup": s, "speedup_min": s,
                     "speedup_max": s, "tokens_per_s_cache_on": 100.0 * s,
                     "tokens_per_s_cache_off": 100.0} for s in speedups[:1]],
-                   "consistency": {"matches": True, "max_logit_diff": 0.0}}}
+                   "consistency": consistency or {"matches": True, "max_logit_diff": 0.0}}}
     (folder / "summary.json").write_text(json.dumps(summary))
     records = [{"step": s, "split": "val_subset", "loss": 3.0 - s / 100} for s in range(20, steps + 1, 20)]
     (folder / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
@@ -253,6 +296,25 @@ def test_kv_table_is_a_median_over_models_with_an_interval(tmp_path):
     assert row.speedup_ci95_low <= row.speedup_median <= row.speedup_ci95_high
     assert (row.speedup_min, row.speedup_max) == (2.0, 5.0)
     assert median_ci([1.0])[1] != median_ci([1.0])[1]  # one model: no interval
+
+
+def test_kv_table_counts_models_whose_decodes_parted_at_a_near_tie(tmp_path):
+    checks = [{"matches": True, "max_logit_diff": 0.0, "greedy_tokens_match": True},
+              {"matches": True, "max_logit_diff": 0.06, "greedy_tokens_match": False,
+               "greedy_tie": True},
+              {"matches": False, "max_logit_diff": 0.06, "greedy_tokens_match": False,
+               "greedy_tie": False}]
+    for i, check in enumerate(checks):
+        fake_job(tmp_path / "S" / str(i), pos="rope", seed=i + 1, steps=30, val_loss=2.0,
+                 consistency=check)
+    from analysis import load_speed
+
+    (row,) = kv_cache(load_runs(tmp_path / "S"), load_speed(tmp_path / "S")).itertuples()
+    assert row.cached_decode_matched == (
+        "2/3 causal models (1 with greedy decodes parting at a near-tie)")
+    fake_job(tmp_path / "T" / "0", pos="rope", seed=1, steps=30, val_loss=2.0)  # no tie field
+    (row,) = kv_cache(load_runs(tmp_path / "T"), load_speed(tmp_path / "T")).itertuples()
+    assert row.cached_decode_matched == "1/1 causal models"
 
 
 def test_report_on_two_sweeps_names_the_fixed_kv_cell_and_what_intervals_cover(tmp_path):

@@ -379,3 +379,18 @@ def test_course_commands_refuse_a_state_action_checkpoint(token_sweep):
                   if json.loads(p.read_text())["tokens"] == "state_action")
     with pytest.raises(CommandError, match="tokens=state_action, vocabulary 640"):
         load_checkpoint_file(folder)
+
+
+def test_check_cache_runs_a_state_action_jobs_rollout_check_again(token_sweep):
+    from vla_ablate.check_cache import check_job
+
+    folder = next(p.parent for p in sorted(token_sweep.glob("*/summary.json"))
+                  if json.loads(p.read_text())["tokens"] == "state_action")
+    recorded = json.loads((folder / "summary.json").read_text())["kv_cache"]
+    fp32, own = check_job(folder, ["fp32", recorded["precision"]])
+    assert fp32["precision"] == "fp32" and fp32["matches"] is True
+    assert fp32["max_logit_diff"] < 1e-3
+    # the job's own check, on the job's rollout (its prompts and given states), again
+    assert own["recorded"] == recorded["consistency"]
+    assert own["max_logit_diff"] == pytest.approx(recorded["consistency"]["max_logit_diff"])
+    assert own["greedy_tokens_match"] == recorded["consistency"]["greedy_tokens_match"]

@@ -98,10 +98,11 @@ def resolve_checkpoint(path) -> Path:
     raise CommandError(f"{path} is a folder without a checkpoint (no checkpoints/last.pt)")
 
 
-def load_checkpoint_file(path) -> dict:
+def load_checkpoint_file(path, state_tokens: bool = False) -> dict:
     """A checkpoint's state, read with ``weights_only=True``: a crafted pickle never runs.
 
     When torch's safe loader refuses a file, the message names what the pickle would have called.
+    ``state_tokens``: the command reads a ``tokens=state_action`` model too (others refuse it).
 
     Every failure is a ``CommandError`` with one line naming the file and why.
     """
@@ -134,7 +135,7 @@ def load_checkpoint_file(path) -> dict:
     except ValueError as err:
         raise CommandError(f"{path}: {err}") from None
     vocab = state["model_args"].get("vocab_size", VOCAB_SIZE)
-    if vocab != VOCAB_SIZE:  # these commands prompt and score action-token trajectories
+    if vocab != VOCAB_SIZE and not state_tokens:  # they prompt and score action tokens
         raise CommandError(f"{path} was trained on state and action tokens (tokens=state_action, "
                            f"vocabulary {vocab}); this command reads action-token models only "
                            "(its run folder's summary.json holds the evaluations)")

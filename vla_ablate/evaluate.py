@@ -186,6 +186,12 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
 
     Runs in the model's own dtype (the generation precision); the tolerance follows it.
     ``given`` (B, new_tokens, k): a rollout, each step's k state tokens from the data.
+
+    ``matches``: the cached logits equal the full pass within the tolerance at every position
+    of the uncached decode, and the two greedy decodes are identical, or part only where the
+    full pass scores their two tokens within the tolerance (``greedy_tie``: in bf16 two logits
+    one rounding step apart, which the two paths' roundings can order either way;
+    ``first_difference`` says where and by how much).
     """
     model.eval()
     precision = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
@@ -211,9 +217,38 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
     result = {"max_logit_diff": max_diff, "greedy_tokens_match": tokens_match,
               "matches": tokens_match and max_diff < tolerance, "precision": precision,
               "tolerance": tolerance}
+    if not tokens_match:
+        gap = first_greedy_difference(full, greedy_plain, greedy_cached, below)
+        # a near-tie: the full pass scores the two decodes' tokens within the precision's
+        # tolerance, so rounding alone picks between them; each path then continues its own
+        result["first_difference"] = gap
+        result["greedy_tie"] = gap["largest_logit_gap"] <= tolerance
+        result["matches"] = result["greedy_tie"] and max_diff < tolerance
     if not model.causal:
         result["note"] = NO_MASK_NOTE
     return result
+
+
+def first_greedy_difference(full, plain, cached, below=None) -> dict:
+    """Where two greedy decodes of the same prompts first part, row by row, and how far apart
+    the full pass (over ``plain``, the uncached decode) scores the two tokens there.
+
+    ``full``: logits of the full pass over ``plain`` (B, T, V). Only each row's first
+    difference is scored: the two prefixes are equal up to it and differ after it. Returns the
+    rows that differ, the earliest (row, position), and the largest gap over the rows
+    (logit of the uncached token minus that of the cached one; never negative for an exact
+    argmax of the full pass)."""
+    differs = plain != cached
+    rows = differs.any(dim=1).nonzero().flatten().tolist()
+    gaps, first = [], None
+    for row in rows:
+        pos = int(differs[row].nonzero()[0])
+        logits = full[row, pos - 1, :below].float()  # the prediction of token ``pos``
+        gaps.append(abs(logits[plain[row, pos]] - logits[cached[row, pos]]).item())
+        if first is None or pos < first[1]:
+            first = (row, pos)
+    return {"rows": rows, "row": first[0], "position": first[1],
+            "largest_logit_gap": max(gaps)}
 
 
 def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, device,
