@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, SMOKE, run_cli
 from vla_ablate import commands
@@ -328,11 +330,25 @@ def test_check_cache_runs_a_jobs_kv_check_again_on_its_model(smoke_sweep, tmp_pa
     from vla_ablate.check_cache import check_job
 
     (again,) = check_job(job, [recorded["precision"]])
-    assert again["recorded"] == recorded["consistency"]
-    assert again["max_logit_diff"] == pytest.approx(recorded["consistency"]["max_logit_diff"])
-    assert again["greedy_tokens_match"] == recorded["consistency"]["greedy_tokens_match"]
+    assert again["recorded"] == {**recorded["consistency"], "device": summary["device"]}
+    assert again["matches"] is True and again["max_logit_diff"] < again["tolerance"]
+    # a job whose sweep cached no dataset and was run from elsewhere (a relative model_dir)
+    copy = tmp_path / "elsewhere" / job.name
+    shutil.copytree(job, copy)
+    shutil.copytree(sweep / "models", copy.parent / "models")
+    config = yaml.safe_load((copy / ".hydra" / "config.yaml").read_text())
+    config["data"]["cache_dir"] = None
+    (copy / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    moved = json.loads((copy / "summary.json").read_text())
+    moved["model_dir"] = f"sweep/models/{moved['model_key']}"
+    (copy / "summary.json").write_text(json.dumps(moved))
+    proc = run_module("vla_ablate.check_cache", copy, "--precision", "fp32", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("fp32: cached decoding matches the full pass")
     unmasked, _ = jobs["none"]
     proc = run_module("vla_ablate.check_cache", unmasked)
     assert proc.returncode == 1 and "does NOT match" in proc.stdout
-    assert "by construction" in proc.stdout
+    assert "by construction" in proc.stdout and "near-tie" not in proc.stdout
     assert_one_line_error(run_module("vla_ablate.check_cache", tmp_path), "not a job folder")
+    (copy / ".hydra" / "config.yaml").write_text("model: [unclosed")
+    assert_one_line_error(run_module("vla_ablate.check_cache", copy), "config.yaml")

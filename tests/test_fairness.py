@@ -165,6 +165,22 @@ def test_greedy_decodes_parting_at_a_near_tie_match_and_at_a_wrong_token_do_not(
     assert wrong["first_difference"]["largest_logit_gap"] > 1e-3
 
 
+def test_first_greedy_difference_scores_each_rows_first_parting_in_both_passes():
+    plain = torch.tensor([[5, 1, 2, 3, 0, 0], [5, 1, 2, 3, 0, 0], [5, 1, 2, 3, 0, 0]])
+    cached = plain.clone()
+    cached[0, 4], cached[0, 5] = 1, 2  # row 0 parts at 4 (what follows differs too)
+    cached[2, 3] = 0  # row 2 parts at 3, earlier
+    full = torch.zeros(3, 6, 300)
+    full[0, 3, 0], full[0, 3, 1] = 2.0, 1.9  # row 0: the full pass prefers 0 by 0.1
+    full[2, 2, 3], full[2, 2, 0] = 1.0, 0.8
+    full[:, :, 299] = 50.0  # beyond ``below``: a state token, never sampled
+    cached_pass = full.clone()
+    cached_pass[0, 3, 1] = 2.3  # the cached pass prefers token 1 by 0.3
+    d = evaluate.first_greedy_difference(full, cached_pass, plain, cached, below=256)
+    assert d["rows"] == [0, 2] and (d["row"], d["position"]) == (2, 3)
+    assert d["largest_logit_gap"] == pytest.approx(0.3)
+
+
 def test_bf16_generation_model_decodes_like_its_full_pass(val_actions):
     gen = evaluate.generation_model(small_model(), "bf16")
     assert gen.lm_head.weight.dtype == torch.bfloat16

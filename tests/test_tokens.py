@@ -391,6 +391,5 @@ def test_check_cache_runs_a_state_action_jobs_rollout_check_again(token_sweep):
     assert fp32["precision"] == "fp32" and fp32["matches"] is True
     assert fp32["max_logit_diff"] < 1e-3
     # the job's own check, on the job's rollout (its prompts and given states), again
-    assert own["recorded"] == recorded["consistency"]
-    assert own["max_logit_diff"] == pytest.approx(recorded["consistency"]["max_logit_diff"])
-    assert own["greedy_tokens_match"] == recorded["consistency"]["greedy_tokens_match"]
+    assert own["recorded"]["max_logit_diff"] == recorded["consistency"]["max_logit_diff"]
+    assert own["matches"] is True and own["max_logit_diff"] < own["tolerance"]

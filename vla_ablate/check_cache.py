@@ -4,10 +4,13 @@ The check a job runs in its evaluations (``evaluate.kv_cache_consistency``), wit
 prompts (with state tokens, the same given states) and the same number of new steps: in the
 job's generation precision, or in each one ``--precision`` names. For each it prints whether
 cached decoding matched the full pass, the largest difference of their logits against the
-precision's tolerance, and, where the two greedy decodes part, how far apart the full pass
-scored the two tokens there (within the tolerance: a near-tie, which rounding orders either way).
+precision's tolerance, and, where the two greedy decodes part, how far apart the full and the
+cached pass scored the two tokens there (within the tolerance: a near-tie, which rounding
+orders either way).
 Jobs evaluated before the check knew near-ties recorded such a model as not matching; this
-command checks them with today's code. The decode runs eager, on the CPU unless ``--device``.
+command checks them with today's code. The decode runs eager, on the CPU unless ``--device``,
+with this process's threads: a job that decoded elsewhere (compiled on CUDA, say) may round
+differently, so its recorded figures are printed beside these.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from omegaconf import OmegaConf
 from vla_ablate.commands import (
     ArgumentParser,
     CommandError,
+    _first_line,
     _read_json,
     load_checkpoint_file,
     model_from_state,
     run_command,
+    validation_actions,
 )
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -44,22 +49,28 @@ def parse_args(argv=None):
 def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     """The check's result per precision, each with ``precision`` and what the job recorded."""
     from vla_ablate import evaluate
-    from vla_ablate.run import load_data, rollout_inputs
+    from vla_ablate.run import rollout_inputs
     from vla_ablate.tokens import layout_from_config
 
     config = job / ".hydra" / "config.yaml"
     if not config.is_file():
         raise CommandError(f"{job} is not a job folder (no .hydra/config.yaml)")
-    cfg = OmegaConf.load(config)
-    summary = _read_json(job / "summary.json") or {}
-    recorded = (summary.get("kv_cache") or {})
     try:
+        cfg = OmegaConf.load(config)
         layout = layout_from_config(cfg)
-    except ValueError as err:
-        raise CommandError(f"{config}: {err}") from None
-    model = model_from_state(load_checkpoint_file(job, state_tokens=True)).to(device)
-    new = min(20, cfg.model.max_seq_len - cfg.eval.gen_prompt_len)
-    val = load_data(cfg, layout)[1] if layout.name == "action" else None  # rollouts: fresh data
+        new = min(20, cfg.model.max_seq_len - cfg.eval.gen_prompt_len)
+    except Exception as err:  # noqa: BLE001 - unreadable YAML, a missing key, a bad group
+        raise CommandError(f"{config}: {_first_line(err)}") from None
+    summary = _read_json(job / "summary.json") or {}
+    recorded = summary.get("kv_cache") or {}
+    state = load_checkpoint_file(job, state_tokens=True)
+    try:
+        model = model_from_state(state).to(device)
+    except (RuntimeError, ValueError) as err:  # no such device here
+        raise CommandError(f"cannot use --device {device}: {_first_line(err)}") from None
+    # the action layout prompts with the validation split's first steps (generated without
+    # Hydra, as the job's data.seed or data.path made it); a rollout draws fresh trajectories
+    val = validation_actions(state["path"])[0] if layout.name == "action" else None
     prompts, given = rollout_inputs(cfg, layout, val, new)
     first = None if given is None else given[:4, :new].to(device)
     results = []
@@ -68,7 +79,7 @@ def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
         result = evaluate.kv_cache_consistency(gen, prompts[:4].to(device), new,
                                                torch.device(device), given=first)
         if recorded.get("precision") == precision and recorded.get("consistency"):
-            result["recorded"] = recorded["consistency"]
+            result["recorded"] = {**recorded["consistency"], "device": summary.get("device")}
         results.append(result)
     return results
 
@@ -83,15 +94,15 @@ def describe(result: dict) -> str:
         d = result["first_difference"]
         kind = "a near-tie" if result["greedy_tie"] else "beyond the tolerance"
         lines.append(f"  greedy decodes part in {len(d['rows'])} of the prompts, first at row "
-                     f"{d['row']} position {d['position']}; the full pass scores the two tokens "
-                     f"{d['largest_logit_gap']:.4g} apart at most: {kind}")
+                     f"{d['row']} position {d['position']}; there the full and the cached pass "
+                     f"score the two tokens {d['largest_logit_gap']:.4g} apart at most: {kind}")
     if "note" in result:
         lines.append(f"  {result['note']}")
     if "recorded" in result:
         r = result["recorded"]
-        lines.append(f"  the job recorded: matches {r.get('matches')}, greedy decodes identical "
-                     f"{r.get('greedy_tokens_match')}, largest logit difference "
-                     f"{r.get('max_logit_diff')}")
+        lines.append(f"  the job recorded (on {r.get('device') or 'its device'}): matches "
+                     f"{r.get('matches')}, greedy decodes identical {r.get('greedy_tokens_match')}, "
+                     f"largest logit difference {r.get('max_logit_diff')}")
     return "\n".join(lines)
 
 

@@ -89,8 +89,10 @@ def resolve_checkpoint(path) -> Path:
         raise CommandError(f"no such checkpoint: {path}")
     folders = [path, path / "checkpoints"]
     summary = _read_json(path / "summary.json")  # a sweep job: its model lives in models/<key>/
-    if summary and summary.get("model_dir"):
+    if summary and summary.get("model_dir"):  # relative where the sweep folder was given so
         folders.append(Path(summary["model_dir"]) / "checkpoints")
+    if summary and summary.get("model_key"):  # beside the job, wherever the sweep was run from
+        folders.append(path.parent / "models" / str(summary["model_key"]) / "checkpoints")
     for folder in folders:
         for name in ("last.pt", "best.pt"):
             if (folder / name).is_file():

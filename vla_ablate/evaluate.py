@@ -187,11 +187,14 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
     Runs in the model's own dtype (the generation precision); the tolerance follows it.
     ``given`` (B, new_tokens, k): a rollout, each step's k state tokens from the data.
 
-    ``matches``: the cached logits equal the full pass within the tolerance at every position
-    of the uncached decode, and the two greedy decodes are identical, or part only where the
-    full pass scores their two tokens within the tolerance (``greedy_tie``: in bf16 two logits
-    one rounding step apart, which the two paths' roundings can order either way;
-    ``first_difference`` says where and by how much).
+    The step-by-step pass feeds the cache what cached generation feeds it: the prompt (with a
+    rollout's first given states), then each sampled token (with the next step's given
+    states), so it checks the path generation runs, at every position of the uncached decode.
+    ``matches``: those logits equal the full pass within the tolerance, and the two greedy
+    decodes are identical, or, with a causal mask, part only at near-ties: where each row's
+    decodes first part, both passes score the two tokens within the tolerance of each other
+    (``greedy_tie``: in bf16 logits a few rounding steps apart, which the two paths' roundings
+    can order either way; ``first_difference`` says where and by how much).
     """
     model.eval()
     precision = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
@@ -202,25 +205,26 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
     greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False, given=given,
                                   sample_below=below)
     full, _ = model(greedy_plain)
-    T0 = x.shape[1]
-    model.setup_cache(x.shape[0], greedy_plain.shape[1])
+    T0, total = x.shape[1], greedy_plain.shape[1]
+    k = 0 if given is None else given.shape[-1]
+    # generate's chunks: up to the first sampled slot, then from each slot to the next
+    bounds = [0, *range(T0 + k, total, k + 1), total]
+    model.setup_cache(x.shape[0], total)
     try:
-        positions = torch.arange(greedy_plain.shape[1], device=device)
-        step_logits = [model(greedy_plain[:, :T0], input_pos=positions[:T0])[0]]
-        for t in range(T0, greedy_plain.shape[1]):
-            step_logits.append(model(greedy_plain[:, t : t + 1], input_pos=positions[t : t + 1])[0])
+        positions = torch.arange(total, device=device)
+        cached = torch.cat([model(greedy_plain[:, a:b], input_pos=positions[a:b])[0]
+                            for a, b in zip(bounds, bounds[1:])], dim=1)
     finally:
         model.clear_cache()
-    max_diff = (torch.cat(step_logits, dim=1).float() - full.float()).abs().max().item()
+    max_diff = (cached.float() - full.float()).abs().max().item()
     tokens_match = bool(torch.equal(greedy_cached, greedy_plain))
     tolerance = LOGIT_TOLERANCE[precision]
     result = {"max_logit_diff": max_diff, "greedy_tokens_match": tokens_match,
               "matches": tokens_match and max_diff < tolerance, "precision": precision,
               "tolerance": tolerance}
-    if not tokens_match:
-        gap = first_greedy_difference(full, greedy_plain, greedy_cached, below)
-        # a near-tie: the full pass scores the two decodes' tokens within the precision's
-        # tolerance, so rounding alone picks between them; each path then continues its own
+    if not tokens_match and model.causal:  # unmasked, the full pass sees the later tokens
+        gap = first_greedy_difference(full, cached, greedy_plain, greedy_cached, below)
+        # rounding alone picked between the two tokens; each path then continues its own
         result["first_difference"] = gap
         result["greedy_tie"] = gap["largest_logit_gap"] <= tolerance
         result["matches"] = result["greedy_tie"] and max_diff < tolerance
@@ -229,22 +233,25 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
     return result
 
 
-def first_greedy_difference(full, plain, cached, below=None) -> dict:
+def first_greedy_difference(full, cached, plain, greedy_cached, below=None) -> dict:
     """Where two greedy decodes of the same prompts first part, row by row, and how far apart
-    the full pass (over ``plain``, the uncached decode) scores the two tokens there.
+    each pass scores the two tokens there.
 
-    ``full``: logits of the full pass over ``plain`` (B, T, V). Only each row's first
-    difference is scored: the two prefixes are equal up to it and differ after it. Returns the
-    rows that differ, the earliest (row, position), and the largest gap over the rows
-    (logit of the uncached token minus that of the cached one; never negative for an exact
-    argmax of the full pass)."""
-    differs = plain != cached
+    ``full`` and ``cached``: (B, T, V) logits over ``plain`` (the uncached decode) of the full
+    pass and of the cached step-by-step pass. Only each row's first difference is scored: the
+    decodes' prefixes are equal up to it (so both passes saw what each decode saw) and differ
+    after it. Returns the rows that part, the earliest (row, position), and the largest gap,
+    over those rows and both passes, between the logits of the two tokens (``below``: the
+    sampled vocabulary)."""
+    differs = plain != greedy_cached
     rows = differs.any(dim=1).nonzero().flatten().tolist()
     gaps, first = [], None
     for row in rows:
         pos = int(differs[row].nonzero()[0])
-        logits = full[row, pos - 1, :below].float()  # the prediction of token ``pos``
-        gaps.append(abs(logits[plain[row, pos]] - logits[cached[row, pos]]).item())
+        a, b = plain[row, pos], greedy_cached[row, pos]
+        for logits in (full, cached):  # position pos - 1 predicts token pos
+            scores = logits[row, pos - 1, :below].float()
+            gaps.append(abs(scores[a] - scores[b]).item())
         if first is None or pos < first[1]:
             first = (row, pos)
     return {"rows": rows, "row": first[0], "position": first[1],
