@@ -89,7 +89,7 @@ def resolve_checkpoint(path) -> Path:
         raise CommandError(f"no such checkpoint: {path}")
     folders = [path, path / "checkpoints"]
     summary = _read_json(path / "summary.json")  # a sweep job: its model lives in models/<key>/
-    if summary and summary.get("model_dir"):  # relative where the sweep folder was given so
+    if summary and summary.get("model_dir"):  # absolute, or relative to where the sweep ran
         folders.append(Path(summary["model_dir"]) / "checkpoints")
     if summary and summary.get("model_key"):  # beside the job, wherever the sweep was run from
         folders.append(path.parent / "models" / str(summary["model_key"]) / "checkpoints")
