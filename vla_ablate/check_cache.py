@@ -49,7 +49,7 @@ def parse_args(argv=None):
 def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     """The check's result per precision, each with ``precision`` and what the job recorded."""
     from vla_ablate import evaluate
-    from vla_ablate.run import rollout_inputs
+    from vla_ablate.run import consistency_inputs
     from vla_ablate.tokens import layout_from_config
 
     config = job / ".hydra" / "config.yaml"
@@ -58,7 +58,6 @@ def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     try:
         cfg = OmegaConf.load(config)
         layout = layout_from_config(cfg)
-        new = min(20, cfg.model.max_seq_len - cfg.eval.gen_prompt_len)
     except Exception as err:  # noqa: BLE001 - unreadable YAML, a missing key, a bad group
         raise CommandError(f"{config}: {_first_line(err)}") from None
     summary = _read_json(job / "summary.json") or {}
@@ -71,7 +70,7 @@ def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     # the action layout prompts with the validation split's first steps (generated without
     # Hydra, as the job's data.seed or data.path made it); a rollout draws fresh trajectories
     val = validation_actions(state["path"])[0] if layout.name == "action" else None
-    prompts, given = rollout_inputs(cfg, layout, val, new)
+    prompts, given, new = consistency_inputs(cfg, layout, val)
     first = None if given is None else given[:4, :new].to(device)
     results = []
     for precision in precisions or [recorded.get("precision") or "fp32"]:

@@ -406,12 +406,10 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
     gen_model = evaluate.generation_model(model, precision,
                                           compile_decode=use_compile_decode(cfg.train.compile,
                                                                             device))
-    new = min(20, cfg.model.max_seq_len - e.gen_prompt_len)  # steps checked for consistency
-    prompts, given = rollout_inputs(cfg, layout, val_actions, new)
-    first = None if given is None else given[:4, :new]
+    prompts, given, new = consistency_inputs(cfg, layout, val_actions)
     out["kv_cache"] = {
         "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
-                                                     given=first),
+                                                     given=None if given is None else given[:4, :new]),
         "precision": precision,
         # both sides on this model in this process, alternated: a paired ratio per model
         "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
@@ -427,6 +425,13 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                              title=f"{_title(cfg)}: attention on one validation trajectory{what}")
         runfolder.write_attention_maps(run_dir, maps, layout.actions_of(val_actions[0]))
     return out
+
+
+def consistency_inputs(cfg, layout: TokenLayout, val_seqs):
+    """(prompts, given, new steps) of the KV-cache evaluations; the consistency check uses the
+    first 4 prompts (and their given states) over ``new`` steps."""
+    new = min(20, cfg.model.max_seq_len - cfg.eval.gen_prompt_len)
+    return (*rollout_inputs(cfg, layout, val_seqs, new), new)
 
 
 def rollout_inputs(cfg, layout: TokenLayout, val_seqs, new: int):
