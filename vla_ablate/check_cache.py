@@ -100,7 +100,8 @@ def describe(result: dict) -> str:
     if "recorded" in result:
         r = result["recorded"]
         lines.append(f"  the job recorded (on {r.get('device') or 'its device'}): matches "
-                     f"{r.get('matches')}, greedy decodes identical {r.get('greedy_tokens_match')}, "
+                     f"{r.get('matches')}, greedy decodes identical "
+                     f"{r.get('greedy_tokens_match')}, "
                      f"largest logit difference {r.get('max_logit_diff')}")
     return "\n".join(lines)
 

@@ -407,9 +407,10 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                                           compile_decode=use_compile_decode(cfg.train.compile,
                                                                             device))
     prompts, given, new = consistency_inputs(cfg, layout, val_actions)
+    first = None if given is None else given[:4, :new]
     out["kv_cache"] = {
         "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
-                                                     given=None if given is None else given[:4, :new]),
+                                                     given=first),
         "precision": precision,
         # both sides on this model in this process, alternated: a paired ratio per model
         "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
