@@ -352,3 +352,38 @@ def test_check_cache_runs_a_jobs_kv_check_again_on_its_model(smoke_sweep, tmp_pa
     assert_one_line_error(run_module("vla_ablate.check_cache", tmp_path), "not a job folder")
     (copy / ".hydra" / "config.yaml").write_text("model: [unclosed")
     assert_one_line_error(run_module("vla_ablate.check_cache", copy), "config.yaml")
+
+
+def test_check_cache_describes_an_unmasked_model_whose_greedy_decodes_part():
+    """Whether an unmasked model's cached and full greedy decodes part depends on the host's
+    rounding: make them part on purpose and check the command describes it (it crashed)."""
+    from vla_ablate import evaluate
+    from vla_ablate.check_cache import describe
+    from vla_ablate.model.transformer import DecoderOnlyTransformer
+
+    def parting(causal):
+        torch.manual_seed(0)
+        model = DecoderOnlyTransformer(dim=32, num_layers=1, num_heads=2, ff_hidden_dim=64,
+                                       max_seq_len=32, dropout=0.0, causal=causal)
+        generate = model.generate
+
+        def parting_generate(*args, use_cache=None, **kwargs):
+            out = generate(*args, use_cache=use_cache, **kwargs)
+            if use_cache:  # the cached decode picks another last token
+                out = out.clone()
+                out[0, -1] = (out[0, -1] + 1) % 256
+            return out
+
+        model.generate = parting_generate
+        prompts = torch.randint(0, 256, (2, 5))
+        return evaluate.kv_cache_consistency(model, prompts, 6, torch.device("cpu"))
+
+    result = parting(causal=False)
+    assert result["greedy_tokens_match"] is False and result["matches"] is False
+    text = describe(result)
+    assert text.startswith("fp32: cached decoding does NOT match the full pass")
+    assert "greedy decodes part" in text and "by construction" in text
+    # a causal model's parting is still scored: a near-tie or beyond the tolerance
+    causal = parting(causal=True)
+    assert "first_difference" in causal
+    assert ("a near-tie" in describe(causal)) != ("beyond the tolerance" in describe(causal))

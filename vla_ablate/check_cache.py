@@ -89,6 +89,9 @@ def describe(result: dict) -> str:
              f"{result['max_logit_diff']:.4g} (tolerance {result['tolerance']:g})"]
     if result["greedy_tokens_match"]:
         lines.append("  greedy decodes: identical")
+    elif "first_difference" not in result:  # unmasked: not scored (the full pass sees ahead)
+        lines.append("  greedy decodes part; without a causal mask that is not scored as a "
+                     "near-tie or an error")
     else:
         d = result["first_difference"]
         kind = "a near-tie" if result["greedy_tie"] else "beyond the tolerance"
