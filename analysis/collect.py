@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from analysis.common import BINDING, METRICS, SUMMARY
+
 AXES = ["pos", "mask", "cache", "seed", "tokens"]
 
 
@@ -107,11 +109,7 @@ def _training_config(job: Path, summary: dict) -> dict:
     return {k: v for k, v in config.items() if k != "seed"}
 
 
-# the file a job writes when it starts, holding its resolved training config under "training"
-# (vla_ablate/runfolder.py, BINDING; the analysis imports nothing from the package)
-BINDING = "training_config.json"
-
-# keys of Hydra's config that do not change training (vla_ablate/run.py, _NOT_TRAINING); the
+# keys of Hydra's config that do not change training (vla_ablate/config.py, _NOT_TRAINING); the
 # analysis reads run folders only, so it keeps its own copy for jobs without training_config
 _BOOKKEEPING = {"data": ("cache_dir",),
                 "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
@@ -183,7 +181,7 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
     rows, configs = [], []
     for sweep in _as_list(sweep_dirs):
         for job in job_folders(sweep):
-            summary = _read_json(job / "summary.json")
+            summary = _read_json(job / SUMMARY)
             s = summary or {}
             configs.append(_training_config(job, s))
             row = {"sweep": str(sweep), "job": job_name(sweep, job), "path": str(job),
@@ -248,7 +246,7 @@ def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     frames = []
     runs = load_runs(sweep_dirs) if runs is None else runs
     for run in runs.itertuples():
-        path = Path(run.path) / "metrics.jsonl"
+        path = Path(run.path) / METRICS
         if not path.exists():
             continue
         records = []
@@ -274,7 +272,7 @@ def load_speed(sweep_dirs) -> pd.DataFrame:
     rows = []
     for sweep in _as_list(sweep_dirs):
         for job in job_folders(sweep):
-            s = _read_json(job / "summary.json") or {}
+            s = _read_json(job / SUMMARY) or {}
             kv = s.get("kv_cache") or {}
             for r in kv.get("speed") or []:
                 if "speedup" not in r:

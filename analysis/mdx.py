@@ -21,10 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, tables
-
-NOISE_FLOOR = math.log(5)  # the token noise u in {-2..2}: no model predicts it
-UNIFORM = math.log(256)
-CHEATING_GAP = 0.05  # nats of prefix-only minus teacher-forced loss that count as cheating
+from analysis.common import CHEATING_GAP, NOISE_FLOOR, UNIFORM, as_float, difference_verdict, pm
 
 
 def write_mdx(out_dir, made, figures, runs=None, metrics=None, student=None, date=None,
@@ -84,8 +81,9 @@ def _loss_section(made, runs, metrics, pos, image) -> str:
     lines.append(
         f"The model (pos={_esc(pos)}, causal mask) trained for {_int(steps)} iterations; its "
         f"training loss fell from {_f(first)} at the first logged step to {_f(last)}, and its "
-        f"final validation loss is {_pm(val, ci)} nats per token (mean over {_int(seeds)} "
-        f"seed(s); perplexity {_f(math.exp(min(val, 50)) if np.isfinite(val) else math.nan, 2)}).")
+        f"final validation loss is {pm(val, ci, missing='n/a')} nats per token (mean over "
+        f"{_int(seeds)} seed(s); perplexity "
+        f"{_f(math.exp(min(val, 50)) if np.isfinite(val) else math.nan, 2)}).")
     lines += ["", f"For scale: guessing uniformly over the 256 tokens costs ln 256 = {UNIFORM:.2f} "
                   f"nats, and the token noise (uniform on -2..2) puts a floor of ln 5 = "
                   f"{NOISE_FLOOR:.3f} nats under any model that predicts the next token "
@@ -174,15 +172,14 @@ def _kv_section(made, image) -> str:
     if not np.isfinite(speedup).any():
         lines.append("Speed-up: n/a (no paired timings in this sweep).")
         return "\n".join(lines + [""])
-    one = kv[kv["batch_size"] == kv["batch_size"].min()]
-    fixed = one.loc[one["new_tokens"].idxmax()]  # a fixed cell, never the best one
+    fixed = tables.fixed_cell(kv)
     matched = fixed.get("cached_decode_matched", "n/a")
     lines.append(
         f"Greedy generation with the cache (the prompt prefilled once, then one token per step "
         f"at its absolute position) against recomputing the whole sequence every step, timed "
         f"alternately on the same trained model: at batch {_int(fixed.get('batch_size'))} with "
         f"{_int(fixed.get('new_tokens'))} new tokens the cache is "
-        f"{_f(_float(fixed.get('speedup_median')), 2)}x faster (median over "
+        f"{_f(as_float(fixed.get('speedup_median')), 2)}x faster (median over "
         f"{_int(fixed.get('models'))} models, {tables.speedup_spread(fixed)}); over all cells "
         "the median ranges "
         f"{_f(float(speedup.min()), 2)}x-{_f(float(speedup.max()), 2)}x. "
@@ -213,16 +210,12 @@ def _rope_section(made, image) -> str:
     sin = _row(pos, pos="sinusoidal")
     d, ci = _num(sin, "diff_vs_rope"), _num(sin, "diff_vs_rope_ci95")
     if np.isfinite(d):
-        verdict = ("larger than its 95% interval, so the difference is resolved"
-                   if np.isfinite(ci) and abs(d) > ci else
-                   "not larger than its 95% interval: more seeds are needed to call it"
-                   if np.isfinite(ci) else "measured on one seed, so it has no interval")
-        lines.append(f"Validation loss of sinusoidal minus RoPE, paired by seed: {_pm(d, ci)} "
+        lines.append(f"Validation loss of sinusoidal minus RoPE, paired by seed: {pm(d, ci)} "
                      f"nats ({'RoPE' if d > 0 else 'sinusoidal'} ahead); the difference is "
-                     f"{verdict}. `delta_shift_k` is the change of loss when the same validation "
-                     "trajectories are placed k steps later (positions alone move); "
-                     "`loss_Nx_beyond` is the loss at unseen positions of N-times longer fresh "
-                     "trajectories, where the process itself also changes.")
+                     f"{difference_verdict(d, ci)}. `delta_shift_k` is the change of loss when "
+                     "the same validation trajectories are placed k steps later (positions "
+                     "alone move); `loss_Nx_beyond` is the loss at unseen positions of N-times "
+                     "longer fresh trajectories, where the process itself also changes.")
     else:
         lines.append("Sinusoidal minus RoPE: n/a (this sweep lacks one of the two).")
     lines += ["", "**Why RoPE suits trajectories.** RoPE rotates pair i of the query at position "
@@ -283,15 +276,8 @@ def _row(df, mean=False, **where) -> dict:
     return sel.iloc[0].to_dict()
 
 
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _num(row: dict, key: str) -> float:
-    return _float(row.get(key))
+    return as_float(row.get(key))
 
 
 def _steps(runs, pos) -> float:
@@ -332,19 +318,13 @@ def _cell(value) -> str:
 
 
 def _f(value, digits=4) -> str:
-    value = _float(value)
+    value = as_float(value)
     return f"{value:.{digits}f}" if np.isfinite(value) else "n/a"
 
 
 def _int(value) -> str:
-    value = _float(value)
+    value = as_float(value)
     return f"{int(value):,}" if np.isfinite(value) else "n/a"
-
-
-def _pm(mean, half) -> str:
-    if not np.isfinite(_float(mean)):
-        return "n/a"
-    return _f(mean) if not np.isfinite(_float(half)) else f"{_f(mean)} ± {_f(half)}"
 
 
 def _esc(text) -> str:

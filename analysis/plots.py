@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import zipfile
 from pathlib import Path
 
@@ -13,6 +12,8 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.image import imread  # no pyplot: no global backend or figure state
 from matplotlib.ticker import MaxNLocator
+
+from analysis.common import ATTENTION_MAPS, ATTENTION_PNG, NOISE_FLOOR
 
 
 def loss_curves(metrics, hue, path, mask=None) -> Path | None:
@@ -36,9 +37,6 @@ def loss_curves(metrics, hue, path, mask=None) -> Path | None:
     return Path(path)
 
 
-ATTENTION_MAPS = "attention_maps.npz"  # written by each job (the run-folder format)
-
-
 def attention_runs(runs) -> list:
     """For each mask, the first completed run with attention maps (RoPE first: the course's)."""
     picks = []
@@ -49,7 +47,7 @@ def attention_runs(runs) -> list:
         order = done.assign(_rope=done["pos"] != "rope").sort_values(["_rope", "pos", "seed", "job"])
         for run in order.itertuples():
             if (Path(run.path) / ATTENTION_MAPS).exists() or (
-                    Path(run.path) / "attention_maps.png").exists():
+                    Path(run.path) / ATTENTION_PNG).exists():
                 picks.append(run)
                 break
     return picks
@@ -119,7 +117,7 @@ def _pasted_grid(picks, path) -> Path:
     fig = Figure(figsize=(7 * len(picks), 6))
     axes = fig.subplots(1, len(picks), squeeze=False)
     for ax, run in zip(axes[0], picks):
-        ax.imshow(imread(Path(run.path) / "attention_maps.png"))
+        ax.imshow(imread(Path(run.path) / ATTENTION_PNG))
         ax.set_title(f"mask={run.mask} (pos={run.pos}, seed={run.seed})")
         ax.axis("off")
     fig.tight_layout()
@@ -143,7 +141,7 @@ def training_curve(metrics, path, pos="rope", mask="causal") -> Path | None:
         if not curve.empty:
             ax.plot(curve.index, curve.values, style, ms=3,
                     label="training" if split == "train" else "validation")
-    ax.axhline(math.log(5), color="grey", ls=":", lw=1, label="noise floor ln 5")
+    ax.axhline(NOISE_FLOOR, color="grey", ls=":", lw=1, label="noise floor ln 5")
     ax.set(xlabel="iteration (optimizer step)", ylabel="cross-entropy (nats/token)",
            title=f"loss, pos={pos}, mask={mask} (mean over seeds)")
     ax.legend()
@@ -234,9 +232,9 @@ def token_layouts(runs, path) -> Path | None:
     sns.pointplot(data=done, x="tokens", y="val_action_loss", hue="pos", order=order,
                   dodge=0.4 if several else False, errorbar=("ci", 95), markers="_",
                   linestyles="none", capsize=0.1, ax=ax, legend=False)
-    ax.axhline(math.log(5), color="grey", ls=":", lw=1)
-    ax.text(0.99, math.log(5), " noise floor ln 5 = 1.609", transform=ax.get_yaxis_transform(),
-            ha="right", va="bottom", fontsize=8, color="grey")
+    ax.axhline(NOISE_FLOOR, color="grey", ls=":", lw=1)
+    ax.text(0.99, NOISE_FLOOR, f" noise floor ln 5 = {NOISE_FLOOR:.3f}",
+            transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8, color="grey")
     ax.set(xlabel="token layout (tokens)", ylabel="action-token validation loss (nats)",
            title="action NLL with and without state tokens (causal mask)")
     ax.grid(alpha=0.3)

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from analysis.common import NOISE_FLOOR, as_float
+
 # two-sided 95% Student-t quantiles, df = 1..30 (beyond: the normal 1.96)
 _T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
@@ -149,16 +151,20 @@ def speedup_spread(cell) -> str:
     models' range where too few models (< ``MIN_BOOTSTRAP``) give none. ``cell``: a row of
     ``kv_cache`` (a Series or dict); absent values read "n/a"."""
     def num(key):
-        try:
-            value = float(cell.get(key))
-        except (TypeError, ValueError):
-            return "n/a"
+        value = as_float(cell.get(key))
         return f"{value:.2f}" if np.isfinite(value) else "n/a"
 
     lo, hi = num("speedup_ci95_low"), num("speedup_ci95_high")
     if "n/a" not in (lo, hi):
         return f"95% interval {lo}-{hi}"
     return f"range {num('speedup_min')}-{num('speedup_max')}"
+
+
+def fixed_cell(kv):
+    """The KV cell the texts quote, chosen in advance and never the best one: the smallest
+    batch size, with the most new tokens. ``kv``: rows of ``kv_cache``, at least one."""
+    one = kv[kv["batch_size"] == kv["batch_size"].min()]
+    return one.loc[one["new_tokens"].idxmax()]
 
 
 def kv_cache(runs, speed) -> pd.DataFrame:
@@ -220,9 +226,6 @@ def kv_cache(runs, speed) -> pd.DataFrame:
                      "precision": ",".join(sorted(set(",".join(cell["precision"]).split(",")))),
                      "timed_alone": bool(cell["alone"].all()), "cached_decode_matched": matched})
     return pd.DataFrame(rows, columns=cols)
-
-
-NOISE_FLOOR = math.log(5)  # the +-2 token noise: no model's action loss can go below ln 5
 
 
 def token_layouts(runs, reference="action") -> pd.DataFrame:

@@ -1,0 +1,124 @@
+"""report.md's text: how the numbers were made, the findings, the tables with what their
+columns mean, the figures and the cost."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis import tables
+from analysis.common import NOISE_FLOOR
+from analysis.findings import findings
+
+
+def coverage(runs) -> str:
+    """What the seed-to-seed intervals cover, from how the runs drew their data."""
+    done = runs[runs["status"] == "completed"]
+    varies = done["data_varies_with_seed"] if "data_varies_with_seed" in done else []
+    varies = pd.Series(varies, dtype=bool)
+    if len(varies) and varies.all():
+        return ("model initialisation, batch order and the training trajectories (each seed "
+                "trains on its own draw of the process; validation is the same fixed split)")
+    if varies.any():
+        return ("model initialisation and batch order, and for some runs only the training "
+                "trajectories too (the others used a data file or data.vary_with_seed=false): "
+                "see data_varies_with_seed in runs.csv")
+    return ("model initialisation and batch order only: every seed trained on the same "
+            "trajectories (a data file, or data.vary_with_seed=false)")
+
+
+def report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), live=()) -> str:
+    """report.md's text; ``tables_dirs`` and ``live``: the report folders and sweep folders it
+    was made from, when some of it came from report folders' data files."""
+    counts = runs["status"].value_counts().to_dict()
+    pos = made["positional"]
+    shift_cols = [c for c in pos if c.startswith("delta_shift_")]
+    parts = [
+        "# Ablation report", "",
+        f"Sweeps: {', '.join(f'`{d}`' for d in sweep_dirs)}. Jobs: {len(runs)} "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}).", "",
+        *([f"Made from the data files of the report folder(s) "
+           f"{', '.join(f'`{d}`' for d in tables_dirs)}"
+           + (f" and the sweep folder(s) {', '.join(f'`{d}`' for d in live)}" if live else "")
+           + ".", ""] if tables_dirs else []),
+        f"Intervals are 95% and cover {coverage(runs)}.", "",
+        "## Findings", "", *[f"- {s}" for s in findings(made)], "",
+        "## Positional encodings (causal mask)", "",
+        "One row per training configuration (`config`: the settings that differ between the "
+        "sweeps' runs, other than pos, mask and seed) and encoding. Validation loss (of the "
+        "action tokens: `val_action_loss`, the validation loss itself with `tokens=action`) is "
+        "the mean over seeds with its 95% Student-t interval. "
+        f"`steps_to_{target_loss:g}` is the median step at which the loss on a fixed slice of "
+        "the validation split first reached that value (runs that never did count as never; "
+        "`reached` says how many did). "
+        + (f"`{'`, `'.join(shift_cols)}`: the same validation trajectories placed k steps "
+           "later, minus their loss at steps 0..T-1: positional generalisation alone, with the "
+           "data unchanged. " if shift_cols else "")
+        + "`loss_Nx_beyond` is the loss at positions never trained on, in fresh trajectories N "
+        "times the training length: new positions *and* a new regime of the process (late in "
+        "a long trajectory many joints sit at their limits), to be read beside `loss_1x_fresh` "
+        "(fresh trajectories of the training length), never beside the validation loss. "
+        "`diff_vs_rope` is this encoding's loss minus RoPE's, paired by seed within the same "
+        "configuration; `pairs` counts the seeds it used.", "",
+        tables.to_markdown(pos),
+        "## Mask audit", "",
+        "Teacher-forced losses let every position see the whole input; the prefix-only loss "
+        "runs each prefix alone, as generation does. `seen_loss_teacher_forced` is measured "
+        "on trajectories of the first training epoch (trained on once each when every epoch "
+        "draws fresh trajectories). `leakage` is the largest change of an earlier position's "
+        "logits when later tokens change (0 for a causal model); `cheating_gap` is prefix-only "
+        "minus teacher-forced validation loss.", "",
+        tables.to_markdown(made["mask_audit"]),
+        "## KV cache", "",
+        "Each job timed cached and uncached greedy generation alternately on its own trained "
+        "model, in one process; a model's speed-up is the median over its pairs. The table "
+        "gives, per training configuration, batch size and number of new tokens, the median "
+        "over models with a 95% percentile-bootstrap interval and the range. `timed_alone` is "
+        "false where jobs ran in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
+        "a step's action, generated after that step's state tokens from the data.",
+        "", tables.to_markdown(made["kv_cache"]),
+        "## Token layouts: state tokens beside action tokens", "",
+        "`val_action_loss` is the validation loss of the action tokens a_1 .. a_{T-1} alone, "
+        "the one figure that means the same whether or not each step's state tokens precede "
+        "its action (`tokens=state_action`; with `tokens=action` it is the validation loss). "
+        "Causal mask; mean over seeds with its 95% Student-t interval; `above_noise_floor` is "
+        f"the distance to ln 5 = {NOISE_FLOOR:.3f}, the entropy of the process's +-2 "
+        "token noise, below which no model can go; `diff_vs_action` is paired by seed within "
+        "the same configuration and encoding.", "",
+        tables.to_markdown(made["tokens"]),
+    ]
+    for title, path in figures.items():
+        if path is not None:
+            parts += [f"### {title}", "", f"![{title}]({path.name})", ""]
+    parts += ["## Cost", "", *cost(runs), ""]
+    parts += ["## Jobs that did not complete", ""]
+    status = made["status"]
+    parts.append(tables.to_markdown(status) if not status.empty else "All jobs completed.\n")
+    return "\n".join(parts)
+
+
+def cost(runs) -> list[str]:
+    """The wall time of every job and in all, from the jobs' own summaries."""
+    if "wall_time_s" not in runs or runs["wall_time_s"].isna().all():
+        return ["No job recorded its wall time."]
+    cols = [c for c in ("job", "status", "trained_here", "train_time_s", "wall_time_s",
+                        "precision") if c in runs]
+    table = runs[cols].copy()
+    # every sitting of a job (a resumed one ran several), where the job recorded it
+    total_col = runs["wall_time_total_s"] if "wall_time_total_s" in runs else runs["wall_time_s"]
+    table["wall_time_s"] = pd.to_numeric(total_col, errors="coerce").fillna(
+        pd.to_numeric(runs["wall_time_s"], errors="coerce"))
+    wall = table["wall_time_s"]
+    train = pd.to_numeric(table.get("train_time_s"), errors="coerce")
+    trained = (table["trained_here"].fillna(False).astype(bool) if "trained_here" in table
+               else pd.Series(False, index=table.index))
+    total, training = wall.sum(), train[trained].sum()
+    return [f"{len(table)} jobs took {_hours(total)} of wall time in all (the sum of their own "
+            f"times: one after the other, as the basic launcher runs them), of which "
+            f"{_hours(training)} trained {int(trained.sum())} model(s) and the rest evaluated "
+            "them; jobs that reused a model trained by an earlier job only evaluated it.", "",
+            tables.to_markdown(table, digits=1)]
+
+
+def _hours(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
