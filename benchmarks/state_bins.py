@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 
 from vla_ablate.data import NUM_JOINTS, VOCAB_SIZE, forward_kinematics_7dof, generate_dataset
-from vla_ablate.tokens import TokenLayout
+from vla_ablate.data.tokens import TokenLayout
 
 CANDIDATES = {"ee_xyz": ("ee_x", "ee_y", "ee_z"),
               "joints": tuple(f"q{i}" for i in range(NUM_JOINTS))}

@@ -19,9 +19,10 @@ import torch
 import yaml
 
 from conftest import ROOT, SMOKE, run_cli
-from vla_ablate import commands
-from vla_ablate.data import generate_dataset, load_dataset, split_indices
-from vla_ablate.train import load_model_from_checkpoint
+from vla_ablate import trained
+from vla_ablate.data import generate_dataset, load_dataset, process, split_indices
+from vla_ablate.errors import CommandError
+from vla_ablate.training.checkpoint import load_model_from_checkpoint
 
 
 def run_module(module, *args, cwd=None):
@@ -63,42 +64,43 @@ def crafted_files(tmp_path):
 
 def test_token_decoding_follows_the_process():
     # token = 32 * octant + bin; octant = 4*(dx>0) + 2*(dy>0) + (dz>0)
-    assert commands.decode_token(32 * 5 + 7) == (5, 7)
-    assert commands.direction(5) == "+x-y+z" and commands.direction(0) == "-x-y-z"
-    assert commands.direction(7) == "+x+y+z"
-    lo, hi = (float(v) for v in commands.distance_range(7).split("-"))
+    assert process.decode_token(32 * 5 + 7) == (5, 7)
+    assert process.direction(5) == "+x-y+z" and process.direction(0) == "-x-y-z"
+    assert process.direction(7) == "+x+y+z"
+    lo, hi = (float(v) for v in process.distance_range(7).split("-"))
     assert lo == pytest.approx(7 * 3 / 31, abs=0.005) and hi == pytest.approx(8 * 3 / 31, abs=0.005)
-    assert commands.distance_range(31) == ">=3.00"
-    assert commands.describe_token(165).split() == ["165", "o5", "+x-y+z", "b5",
-                                                    commands.distance_range(5)]
-    assert "approximate" in commands.TOKEN_NOTE
+    assert process.distance_range(31) == ">=3.00"
+    assert process.describe_token(165).split() == ["165", "o5", "+x-y+z", "b5",
+                                                    process.distance_range(5)]
+    assert "approximate" in process.TOKEN_NOTE
 
 
 def test_crafted_pickle_never_runs_in_the_loader(tmp_path):
     marker, files = crafted_files(tmp_path)
     for path in files:
-        with pytest.raises(commands.CommandError, match="refusing to load .*it names .io.open."):
-            commands.load_checkpoint_file(path)
+        with pytest.raises(CommandError, match="refusing to load .*it names .io.open."):
+            trained.load_checkpoint_file(path)
     assert not marker.exists()
 
 
 def test_non_checkpoints_are_named(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(commands.CommandError, match="not a vla-ablate checkpoint"):
-        commands.load_checkpoint_file(text)
+    with pytest.raises(CommandError, match="not a vla-ablate checkpoint"):
+        trained.load_checkpoint_file(text)
     tensors = tmp_path / "tensors.pt"
     torch.save({"weights": torch.zeros(3)}, tensors)
-    with pytest.raises(commands.CommandError, match="not a vla-ablate checkpoint"):
-        commands.load_checkpoint_file(tensors)
-    with pytest.raises(commands.CommandError, match="no such checkpoint"):
-        commands.load_checkpoint_file(tmp_path / "missing.pt")
-    with pytest.raises(commands.CommandError, match="folder without a checkpoint"):
-        commands.load_checkpoint_file(tmp_path)
+    with pytest.raises(CommandError, match="not a vla-ablate checkpoint"):
+        trained.load_checkpoint_file(tensors)
+    with pytest.raises(CommandError, match="no such checkpoint"):
+        trained.load_checkpoint_file(tmp_path / "missing.pt")
+    with pytest.raises(CommandError, match="folder without a checkpoint"):
+        trained.load_checkpoint_file(tmp_path)
 
 
 def test_argument_errors_are_one_line(capsys):
-    from vla_ablate import data_cli, sample
+    from vla_ablate import sample
+    from vla_ablate.data import __main__ as data_cli
 
     for main, argv in [(data_cli.main, ["--num_trajectories", "abc"]),
                        (data_cli.main, ["--seq_length", "0"]),
@@ -178,7 +180,7 @@ def test_sample_prints_decoded_tokens_and_true_continuation_loss(smoke_sweep):
         true_cell, loss, greedy_cell = row[1].split(), float(row[2]), row[3].split()
         assert int(true_cell[0]) == truth[t]
         assert true_cell[1:4] == [f"o{int(truth[t]) // 32}",
-                                  commands.direction(int(truth[t]) // 32),
+                                  process.direction(int(truth[t]) // 32),
                                   f"b{int(truth[t]) % 32}"]
         assert int(greedy_cell[0]) == greedy[t - 4]
         assert len(row) == 6  # step, true, loss, greedy, two samples

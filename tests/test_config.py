@@ -79,7 +79,7 @@ def test_unified_experiment_declares_the_token_comparison():
     assert cfg.pos.name == "rope" and cfg.mask.name == "causal"
     assert cfg.hydra.mode.name == "MULTIRUN"
     # its action-token jobs reuse the ablation's RoPE/causal models: the same training config
-    from vla_ablate.run import model_key
+    from vla_ablate.config import model_key
 
     ablation = compose_cfg(["+experiment=ablation", "seed=2"])
     assert model_key(compose_cfg(["+experiment=unified", "tokens=action", "seed=2"])) == \

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, compose_cfg
-from vla_ablate import run as run_module
-from vla_ablate.cli import one_line
-from vla_ablate.config import ConfigError
+from vla_ablate import host, locks
+from vla_ablate.console import one_line
+from vla_ablate.errors import ConfigError
 from vla_ablate.fileio import write_json
 from vla_ablate.loggers import _flatten, _row_tables
 from vla_ablate.runfolder import BINDING, bind_folder, restore_hydra_files
@@ -38,12 +38,12 @@ def test_lock_falls_back_to_a_lock_folder_where_flock_is_refused(tmp_path, monke
     def no_flock(fh, op):
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(run_module.fcntl, "flock", no_flock)
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
     messages, inside, overlaps = [], [], []
-    monkeypatch.setattr(run_module, "log", messages.append)
+    monkeypatch.setattr(locks, "log", messages.append)
 
     def job():
-        with run_module.model_lock(tmp_path):
+        with locks.model_lock(tmp_path):
             inside.append(1)
             if len(inside) > 1:
                 overlaps.append(1)
@@ -67,42 +67,42 @@ def test_the_thread_count_is_the_jobs_share_of_the_cores_at_most_omp_num_threads
     from hydra.core.hydra_config import HydraConfig
 
     messages = []
-    monkeypatch.setattr(run_module, "log", messages.append)
+    monkeypatch.setattr(host, "log", messages.append)
     cfg = compose_cfg(["debug=smoke", "train.concurrent_jobs=1"], hydra_config=True)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", HydraConfig.instance().cfg)  # restored
     HydraConfig.instance().set_config(cfg)  # as in a job: thread_count reads the launcher
-    monkeypatch.setattr(run_module.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(host.os, "cpu_count", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert run_module.thread_count(cfg) == 8
+    assert host.thread_count(cfg) == 8
     cfg.train.concurrent_jobs = 3
-    assert run_module.thread_count(cfg) == 2  # 8 cores among 3 jobs at once
+    assert host.thread_count(cfg) == 2  # 8 cores among 3 jobs at once
     for value, threads in (("1", 1), (" 4 ", 2), ("1,1", 1), ("64", 2)):  # fewer, never more
         monkeypatch.setenv("OMP_NUM_THREADS", value)
-        assert run_module.thread_count(cfg) == threads, value
+        assert host.thread_count(cfg) == threads, value
     cfg.train.num_threads = 5  # asked for: taken as it is
-    assert run_module.thread_count(cfg) == 5
+    assert host.thread_count(cfg) == 5
     cfg.train.num_threads = 0
     assert not messages
     for bad in ("two", "0", "-1", "\u00b2"):  # ignored with a warning, as OpenMP does
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
-        assert run_module.thread_count(cfg) == 2
+        assert host.thread_count(cfg) == 2
         assert f"OMP_NUM_THREADS={bad!r} is not a positive number" in messages[-1]
     # submitit: the allocation's cpus_per_task, whatever the shell's OMP_NUM_THREADS
     cfg = compose_cfg(["debug=smoke", "hydra/launcher=submitit_local",
                        "hydra.launcher.cpus_per_task=3"], hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert run_module.thread_count(cfg) == 3
+    assert host.thread_count(cfg) == 3
 
 
 def test_a_lock_folder_left_by_a_dead_process_is_taken_over(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_module.fcntl, "flock",
+    monkeypatch.setattr(locks.fcntl, "flock",
                         lambda fh, op: (_ for _ in ()).throw(OSError(errno.ENOLCK, "no locks")))
-    monkeypatch.setattr(run_module, "log", lambda m: None)
+    monkeypatch.setattr(locks, "log", lambda m: None)
     stale = tmp_path / ".lock.d"
     stale.mkdir()
     (stale / "owner").write_text(f"{os.uname().nodename} {2**22 + 12345}")
-    with run_module.model_lock(tmp_path):
+    with locks.model_lock(tmp_path):
         pass  # would wait forever if the stale folder were honoured
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vla_ablate import data as D
+from vla_ablate.data import process
 
 L = np.array([0.3, 0.3, 0.25, 0.25, 0.2, 0.15, 0.1])
 
@@ -105,7 +106,7 @@ def test_statistics_match_independent_per_step_statement():
     # ... and one with three times the joint noise
     rng = np.random.default_rng(3)
     start = rng.uniform(-np.pi / 2, np.pi / 2, (5000, 7))
-    _, noisy = D._simulate(start, rng.uniform(-1.5, 1.5, (5000, 3)), 30, 0.06, rng)
+    _, noisy = process._simulate(start, rng.uniform(-1.5, 1.5, (5000, 3)), 30, 0.06, rng)
     assert _distances(noisy, ref)[1] > 0.013
 
 

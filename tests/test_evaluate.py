@@ -6,7 +6,7 @@ from test_model import small_model
 
 from vla_ablate import evaluate
 from vla_ablate.data import generate_dataset
-from vla_ablate.train import mean_loss, token_losses
+from vla_ablate.training.losses import mean_loss, token_losses
 
 CPU = torch.device("cpu")
 

@@ -18,8 +18,9 @@ from vla_ablate import evaluate
 from vla_ablate.data import generate_dataset, save_dataset
 from vla_ablate.model import POSITIONAL_ENCODINGS, DecoderOnlyTransformer
 from vla_ablate.model.positions import PositionalEncoding
-from vla_ablate.run import load_data
-from vla_ablate.train import BatchSource, token_losses
+from vla_ablate.pipeline import load_data
+from vla_ablate.training.losses import token_losses
+from vla_ablate.training.schedule import BatchSource
 
 CPU = torch.device("cpu")
 ADDITIVE = [name for name, cls in sorted(POSITIONAL_ENCODINGS.items())

@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from vla_ablate.factory import build_model
 from vla_ablate.model import (
     POSITIONAL_ENCODINGS,
     CausalSelfAttention,
@@ -14,7 +15,6 @@ from vla_ablate.model import (
     RMSNorm,
     RotaryPositionalEmbedding,
     TransformerBlock,
-    build_model,
 )
 from vla_ablate.model.positions import sinusoidal_table
 
@@ -271,7 +271,11 @@ def test_factory_builds_from_config_and_rejects_bad_combinations():
 
 
 def test_checkpoint_rebuilds_model_from_file_alone(tmp_path):
-    from vla_ablate.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_model_from_checkpoint
+    from vla_ablate.training.checkpoint import (
+        CHECKPOINT_FORMAT,
+        CHECKPOINT_VERSION,
+        load_model_from_checkpoint,
+    )
 
     model = small_model("learned")
     path = tmp_path / "m.pt"

@@ -151,7 +151,8 @@ def test_muon_runs_its_iterations_in_bf16_only_where_bf16_is_native(monkeypatch,
     (benchmarks/optimizer_step.py): there the run uses Float32Muon, and says so in its
     training config (so its models never share a key with bf16-iteration ones)."""
     from conftest import compose_cfg
-    from vla_ablate import optim, run
+    from vla_ablate import config as run
+    from vla_ablate import optim
     from vla_ablate.optim import Float32Muon
 
     monkeypatch.setattr(optim, "bf16_native", lambda device: native)

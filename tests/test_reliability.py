@@ -181,21 +181,22 @@ def test_sigterm_while_evaluating_is_recorded_and_the_rerun_counts_the_training(
 # call whose message holds ``when``), after the job's own stop handlers are gone.
 SIGNAL_WHILE_CLASSIFIED = """
 import os, runpy, signal
-import vla_ablate.run as run
+import vla_ablate.job as job
+import vla_ablate.pipeline as pipeline
 def execute(*_args):
     raise {raised}
-def hooked(message, _real=run.{logger}):
+def hooked(message, _real=job.{logger}):
     if {when!r} in message:
         os.kill(os.getpid(), signal.SIGTERM)
     _real(message)
-run.execute, run.{logger} = execute, hooked
+pipeline.execute, job.{logger} = execute, hooked
 runpy.run_module("vla_ablate", run_name="__main__", alter_sys=True)
 """
 
 
 @pytest.mark.parametrize("raised, logger, when, status, exit_code", [
     ("RuntimeError('boom')", "error", "boom", "failed", -signal.SIGTERM),
-    ("run.JobInterrupted(signal.SIGTERM)", "log", "to resume", "interrupted", 143),
+    ("job.JobInterrupted(signal.SIGTERM)", "log", "to resume", "interrupted", 143),
 ])
 def test_a_sigterm_while_the_job_is_classified_waits_for_its_record(
         tmp_path, raised, logger, when, status, exit_code):

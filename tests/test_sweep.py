@@ -252,7 +252,7 @@ def test_parallel_sweep_with_a_failed_job_exits_1(tmp_path, launcher):
 def test_bf16_greedy_decoding_on_a_trained_model_matches_uncached(smoke_sweep):
     from vla_ablate.data import generate_dataset
     from vla_ablate.evaluate import generation_model
-    from vla_ablate.train import load_model_from_checkpoint
+    from vla_ablate.training.checkpoint import load_model_from_checkpoint
 
     sweep, _ = smoke_sweep
     prompts = generate_dataset(8, 12, seed=42)["actions"][:, :4]

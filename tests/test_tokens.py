@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from omegaconf import open_dict
 
 from conftest import SMOKE, built_once, compose_cfg, run_cli
-from vla_ablate.config import ConfigError, validate
-from vla_ablate.data import VOCAB_SIZE, _simulate, generate_dataset
-from vla_ablate.model import DecoderOnlyTransformer, build_model
-from vla_ablate.run import load_data, model_key, training_config
-from vla_ablate.tokens import ACTION, STATE_RANGES, TokenLayout, layout_from_config
-from vla_ablate.train import validation_losses
+from vla_ablate.config import ConfigError, model_key, training_config, validate
+from vla_ablate.data import VOCAB_SIZE, generate_dataset
+from vla_ablate.data.process import _simulate
+from vla_ablate.data.tokens import ACTION, STATE_RANGES, TokenLayout, layout_from_config
+from vla_ablate.factory import build_model
+from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.pipeline import load_data
+from vla_ablate.training.losses import validation_losses
 
 EE = TokenLayout(state=("ee_x", "ee_y", "ee_z"), bins=128)
 
@@ -153,7 +155,7 @@ def test_tokens_action_val_loss_is_the_plain_next_token_loss(tmp_path):
     """Not circular: the run's val_loss against cross-entropy recomputed from its checkpoint on
     the validation split rebuilt from the data seed, without the layout code."""
     from vla_ablate.data import split_indices
-    from vla_ablate.train import load_model_from_checkpoint
+    from vla_ablate.training.checkpoint import load_model_from_checkpoint
 
     run = tmp_path / "run"
     run_cli([*SMOKE, "train.precision=fp32", "eval.enabled=false", f"hydra.run.dir={run}",
@@ -373,7 +375,8 @@ def test_action_mode_refuses_state_values():
 
 
 def test_course_commands_refuse_a_state_action_checkpoint(token_sweep):
-    from vla_ablate.commands import CommandError, load_checkpoint_file
+    from vla_ablate.errors import CommandError
+    from vla_ablate.trained import load_checkpoint_file
 
     folder = next(p.parent for p in token_sweep.glob("*/summary.json")
                   if json.loads(p.read_text())["tokens"] == "state_action")

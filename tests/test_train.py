@@ -13,15 +13,10 @@ from vla_ablate.config import TrainConfig
 from vla_ablate.data import generate_dataset
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.runfolder import MetricsFile
-from vla_ablate.train import (
-    BatchSource,
-    Checkpoints,
-    Pace,
-    _eval_line,
-    lr_at,
-    train,
-    validations_left,
-)
+from vla_ablate.training.budget import Pace, validations_left
+from vla_ablate.training.checkpoint import Checkpoints
+from vla_ablate.training.loop import _eval_line, train
+from vla_ablate.training.schedule import BatchSource, lr_at
 
 ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
             dropout=0.1)
@@ -176,7 +171,7 @@ def test_the_time_left_is_this_sittings_pace_after_its_first_step():
 
 def test_the_time_left_counts_each_validation_once_not_in_the_step_pace(tmp_path, actions,
                                                                           monkeypatch):
-    import vla_ablate.train as train_module
+    import vla_ablate.training.loop as train_module
 
     now = [0.0]  # a sitting clock that only the full validations move: 1000 s each
     real = train_module.validation_losses
@@ -240,7 +235,7 @@ class FakeClock:
 
 def test_checkpoint_minutes_saves_resumable_state_between_step_checkpoints(tmp_path, actions,
                                                                            monkeypatch):
-    import vla_ablate.train as train_module
+    import vla_ablate.training.budget as train_module
 
     cfg = tcfg(steps=24, checkpoint_every=1000, checkpoint_minutes=2 / 60)  # 2 fake seconds
     monkeypatch.setattr(train_module, "_clock", FakeClock())
@@ -304,7 +299,7 @@ def test_a_signal_during_the_last_step_is_raised_again_once_the_model_is_saved(t
 
 
 def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch):
-    import vla_ablate.train as train_module
+    import vla_ablate.training.budget as train_module
 
     # every step reads the fake clock a fixed number of times: the budget fits ~20 of 100 steps
     monkeypatch.setattr(train_module, "_clock", FakeClock())
@@ -333,7 +328,7 @@ def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch)
 
 def test_a_budget_spent_before_its_horizon_ends_there_and_its_line_says_so(tmp_path, actions,
                                                                             monkeypatch):
-    import vla_ablate.train as train_module
+    import vla_ablate.training.budget as train_module
 
     class SlowsDown(FakeClock):  # steps of 1 s until the horizon is fixed, then one of 1000 s
         def __call__(self):
@@ -356,7 +351,7 @@ def test_a_budget_spent_before_its_horizon_ends_there_and_its_line_says_so(tmp_p
 
 def test_time_budget_shorter_than_warmup_finishes_warmup_and_decays(tmp_path, actions,
                                                                     monkeypatch):
-    import vla_ablate.train as train_module
+    import vla_ablate.training.budget as train_module
 
     monkeypatch.setattr(train_module, "_clock", FakeClock())
     cfg = tcfg(steps=100, warmup_steps=10, max_minutes=0.01, checkpoint_minutes=0)
@@ -377,7 +372,7 @@ def test_bf16_keeps_float32_master_weights_and_tracks_fp32(tmp_path, actions):
 
 
 def test_a_resumed_time_budget_keeps_its_horizon_reason_and_warmup_overrun(monkeypatch):
-    from vla_ablate import train as T
+    from vla_ablate.training import budget as T
 
     cfg = tcfg(steps=100, warmup_steps=10, max_minutes=1.0)
     monkeypatch.setattr(T, "_clock", lambda: 1000.0)
@@ -390,7 +385,7 @@ def test_a_resumed_time_budget_keeps_its_horizon_reason_and_warmup_overrun(monke
 
 
 def test_compile_auto_compiles_long_cpu_runs_where_a_compiler_exists(monkeypatch):
-    from vla_ablate import train as training
+    from vla_ablate.training import compile as training
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(training.shutil, "which", lambda name: f"/usr/bin/{name}")
@@ -409,7 +404,7 @@ def test_compile_auto_compiles_long_cpu_runs_where_a_compiler_exists(monkeypatch
 
 @pytest.mark.slow
 def test_a_compiled_training_step_trains_like_the_eager_one(tmp_path, actions):
-    from vla_ablate.train import cpp_compiler
+    from vla_ablate.training.compile import cpp_compiler
 
     if cpp_compiler() is None:
         pytest.skip("torch.compile on a CPU needs a C++ compiler")
@@ -437,7 +432,7 @@ def test_a_compiled_training_step_trains_like_the_eager_one(tmp_path, actions):
 
 
 def test_a_failing_auto_compile_falls_back_to_eager_and_says_so(monkeypatch):
-    from vla_ablate import train as training
+    from vla_ablate.training import compile as training
 
     def broken_compile(model, **kwargs):
         def fn(*args):
@@ -485,7 +480,7 @@ def test_a_failing_auto_compile_falls_back_to_eager_and_says_so(monkeypatch):
 def test_a_time_budget_is_paced_by_the_steps_after_the_first(monkeypatch):
     """The first step of a process holds one-off costs (torch.compile's 15-30 s on a CPU); the
     horizon is set by the pace of the steps after it, so a compiled run is not cut short."""
-    from vla_ablate import train as T
+    from vla_ablate.training import budget as T
 
     readings = iter([0.0, 100.0, 101.0, 102.0, 103.0, 104.0])  # init, then steps 1-5
     monkeypatch.setattr(T, "_clock", lambda: next(readings))

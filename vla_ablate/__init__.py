@@ -1,6 +1,7 @@
 """vla-ablate: ablate the positional encoding, mask and KV cache of an action-token Transformer."""
 
-from vla_ablate.model import DecoderOnlyTransformer, build_model
+from vla_ablate._version import __version__
+from vla_ablate.factory import build_model
+from vla_ablate.model import DecoderOnlyTransformer
 
-__version__ = "0.1.0"
-__all__ = ["DecoderOnlyTransformer", "build_model"]
+__all__ = ["DecoderOnlyTransformer", "__version__", "build_model"]

@@ -6,9 +6,9 @@ import sys
 
 import hydra
 
-from vla_ablate.cli import hydra_errors_on_one_line, job_started
 from vla_ablate.config import register_configs
-from vla_ablate.run import ARGV_ENV, objective, run_job
+from vla_ablate.console import hydra_errors_on_one_line, job_started
+from vla_ablate.job import ARGV_ENV, objective, run_job
 from vla_ablate.sweep import FAILED
 
 register_configs()

@@ -21,16 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from vla_ablate.commands import (
-    ArgumentParser,
-    CommandError,
-    _first_line,
-    _read_json,
-    load_checkpoint_file,
-    model_from_state,
-    run_command,
-    validation_actions,
-)
+from vla_ablate import evaluate
+from vla_ablate.console import ArgumentParser, run_command
+from vla_ablate.data.tokens import layout_from_config
+from vla_ablate.errors import CommandError, first_line
+from vla_ablate.evaluations import consistency_inputs
+from vla_ablate.runfolder import JOB_CONFIG, SUMMARY, read_json
+from vla_ablate.trained import load_checkpoint_file, load_model, validation_actions
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -48,25 +45,21 @@ def parse_args(argv=None):
 
 def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     """The check's result per precision, each with ``precision`` and what the job recorded."""
-    from vla_ablate import evaluate
-    from vla_ablate.run import consistency_inputs
-    from vla_ablate.tokens import layout_from_config
-
-    config = job / ".hydra" / "config.yaml"
+    config = job / JOB_CONFIG
     if not config.is_file():
         raise CommandError(f"{job} is not a job folder (no .hydra/config.yaml)")
     try:
         cfg = OmegaConf.load(config)
         layout = layout_from_config(cfg)
     except Exception as err:  # noqa: BLE001 - unreadable YAML, a missing key, a bad group
-        raise CommandError(f"{config}: {_first_line(err)}") from None
-    summary = _read_json(job / "summary.json") or {}
+        raise CommandError(f"{config}: {first_line(err)}") from None
+    summary = read_json(job / SUMMARY) or {}
     recorded = summary.get("kv_cache") or {}
     state = load_checkpoint_file(job, state_tokens=True)
     try:
-        model = model_from_state(state).to(device)
+        model = load_model(state).to(device)
     except (RuntimeError, ValueError) as err:  # no such device here
-        raise CommandError(f"cannot use --device {device}: {_first_line(err)}") from None
+        raise CommandError(f"cannot use --device {device}: {first_line(err)}") from None
     # the action layout prompts with the validation split's first steps (generated without
     # Hydra, as the job's data.seed or data.path made it); a rollout draws fresh trajectories
     val = validation_actions(state["path"])[0] if layout.name == "action" else None

@@ -6,6 +6,8 @@ checks values that a type cannot express, before any work, with one clear line e
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,9 +16,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message is one line for the user."""
+from vla_ablate.data.tokens import TokenLayout, layout_from_config
+from vla_ablate.errors import ConfigError
+from vla_ablate.factory import model_args_from_config
+from vla_ablate.host import pick_device
+from vla_ablate.optim import OPTIMIZERS, newton_schulz_precision
+from vla_ablate.precision import PRECISIONS, resolve_precision
 
 
 @dataclass
@@ -56,7 +61,7 @@ class MaskConfig:
 
 @dataclass
 class TokensConfig:
-    name: str = "action"  # action | state_action (vla_ablate/tokens.py)
+    name: str = "action"  # action | state_action (vla_ablate/data/tokens.py)
     state: list[str] = field(default_factory=list)  # state values per step (state_action)
     bins: int = 128  # quantisation bins per state value
     loss: str = "all"  # the training objective: all tokens | action tokens only
@@ -83,13 +88,13 @@ class TrainConfig:
     subset_eval_size: int = 256
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 5.0  # a resumable last.pt every N minutes of training (0: off)
-    max_minutes: float = 0.0  # time budget for training (0: none); see train.TimeBudget
+    max_minutes: float = 0.0  # time budget for training (0: none); see training.budget.TimeBudget
     keep_checkpoints: int = 2  # step checkpoints kept besides last.pt and best.pt
-    num_threads: int = 0  # 0: the job's share of the cores (run.thread_count)
+    num_threads: int = 0  # 0: the job's share of the cores (host.thread_count)
     concurrent_jobs: int = 1  # jobs sharing this machine (joblib: its n_jobs is used instead)
     device: str = "auto"
     precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16 | fp16 (CUDA)
-    compile: str = "auto"  # auto | on | off: torch.compile (train.use_compile, use_compile_decode)
+    compile: str = "auto"  # auto | on | off: torch.compile (training/compile.py)
     share_models: bool = True  # jobs differing only in inference settings share one model
     progress: bool = True
 
@@ -152,8 +157,6 @@ def job_dir_name(override_dirname: str, num) -> str:
     """
     name = str(override_dirname or "").replace("/", "_") or f"job{num}"
     if len(name.encode()) > 200:
-        import hashlib
-
         name = f"{name[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
     return name
 
@@ -171,27 +174,27 @@ def check_batch_fits(batch_size: int, n_train: int) -> None:
         )
 
 
-def check_shifts(cfg: Any, seq_length: int, source: str = "") -> None:
-    """``eval.position_shifts`` must keep every input position of a shifted trajectory of
-    ``seq_length`` steps within the model (``source``: where that length comes from)."""
-    from vla_ablate.tokens import layout_from_config
-
+def layout_of(cfg: Any) -> TokenLayout:
+    """The config's token layout; a bad ``tokens`` group is a ``ConfigError``."""
     try:
-        layout = layout_from_config(cfg)
+        return layout_from_config(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def check_shifts(cfg: Any, seq_length: int, source: str = "",
+                 layout: TokenLayout | None = None) -> None:
+    """``eval.position_shifts`` must keep every input position of a shifted trajectory of
+    ``seq_length`` steps within the model (``source``: where that length comes from)."""
+    layout = layout_of(cfg) if layout is None else layout
     last = layout.last_input_step(seq_length + max(cfg.eval.position_shifts, default=0))
     if cfg.eval.enabled and last >= cfg.model.max_seq_len:
         raise ConfigError(f"{source}eval.position_shifts need steps up to {last}, beyond "
                           f"model.max_seq_len ({cfg.model.max_seq_len})")
 
 
-def validate(cfg: Any) -> None:
-    """Raise ``ConfigError`` for the first value that cannot work."""
-    from vla_ablate.model.factory import model_args_from_config
-    from vla_ablate.optim import OPTIMIZERS
-    from vla_ablate.precision import PRECISIONS
-
+def validate(cfg: Any) -> TokenLayout:
+    """Raise ``ConfigError`` for the first value that cannot work; returns the token layout."""
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     positive = {
         "data.num_trajectories": d.num_trajectories, "model.dim": m.dim,
@@ -240,6 +243,19 @@ def validate(cfg: Any) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _check_data(cfg)
+    layout = layout_of(cfg)
+    if e.enabled:
+        _check_eval(cfg, layout)
+    try:
+        model_args_from_config(cfg, layout)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return layout
+
+
+def _check_data(cfg: Any) -> None:
+    d, t = cfg.data, cfg.train
     if d.path is None:
         n_train = int(d.num_trajectories * d.train_split)
         if n_train < 1 or n_train >= d.num_trajectories:
@@ -254,25 +270,75 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"data.path does not exist or is not a file: {d.path}")
         if not os.access(path, os.R_OK):
             raise ConfigError(f"data.path is not readable: {d.path}")
-    if e.enabled:  # in steps: a step is tokens-per-step positions (vla_ablate/tokens.py)
-        longest = d.seq_length * max(e.extrapolation_factors, default=1)
-        if longest > m.max_seq_len:
-            raise ConfigError(
-                f"eval.extrapolation_factors need trajectories of {longest} steps, beyond "
-                f"model.max_seq_len ({m.max_seq_len})"
-            )
-        check_shifts(cfg, d.seq_length)
-        if any(k < 0 for k in e.position_shifts):
-            raise ConfigError(f"eval.position_shifts must be >= 0, got {list(e.position_shifts)}")
-        gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)
-        if gen_len > m.max_seq_len:
-            raise ConfigError(
-                f"eval.gen_prompt_len + eval.gen_new_tokens need {gen_len} steps, beyond "
-                f"model.max_seq_len ({m.max_seq_len})"
-            )
-        if not 1 <= e.gen_prompt_len <= d.seq_length:
-            raise ConfigError(f"eval.gen_prompt_len must lie in [1, data.seq_length], got {e.gen_prompt_len}")
+
+
+def _check_eval(cfg: Any, layout: TokenLayout) -> None:
+    """The evaluations' lengths, in steps (a step is the layout's tokens per step)."""
+    d, m, e = cfg.data, cfg.model, cfg.eval
+    longest = d.seq_length * max(e.extrapolation_factors, default=1)
+    if longest > m.max_seq_len:
+        raise ConfigError(
+            f"eval.extrapolation_factors need trajectories of {longest} steps, beyond "
+            f"model.max_seq_len ({m.max_seq_len})"
+        )
+    check_shifts(cfg, d.seq_length, layout=layout)
+    if any(k < 0 for k in e.position_shifts):
+        raise ConfigError(f"eval.position_shifts must be >= 0, got {list(e.position_shifts)}")
+    gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)
+    if gen_len > m.max_seq_len:
+        raise ConfigError(
+            f"eval.gen_prompt_len + eval.gen_new_tokens need {gen_len} steps, beyond "
+            f"model.max_seq_len ({m.max_seq_len})"
+        )
+    if not 1 <= e.gen_prompt_len <= d.seq_length:
+        raise ConfigError(f"eval.gen_prompt_len must lie in [1, data.seq_length], got {e.gen_prompt_len}")
+
+
+# Keys that change how a model is trained; everything else (cache, logger, eval) is inference
+# or bookkeeping, so jobs differing only there share one trained model.
+_TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "tokens", "train")
+_NOT_TRAINING = {"data": ("cache_dir",), "model": (),
+                 "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
+                           "compile", "checkpoint_minutes")}
+
+
+def training_config(cfg, device=None, precision: str | None = None) -> dict:
+    """Everything that determines a trained model; a run folder is bound to it.
+
+    ``train.precision`` is recorded as this host resolves it (``auto`` is bf16 on one machine and
+    fp32 on another), so models trained in different precisions never share a folder or a row;
+    so is Muon's Newton-Schulz precision where it is float32 (``train.muon_newton_schulz``).
+    ``device`` and ``precision``: as the job resolved them (else resolved here, where a device
+    or precision that cannot be used is left for ``validate`` or the job to report).
+    """
+    parts = {}
+    for key in _TRAINING_KEYS:
+        if key == "tokens":
+            # left out for tokens=action: the sequence every model before the tokens group was
+            # trained on, so their folders and model keys stay valid
+            if cfg.get("tokens") is not None and cfg.tokens.name != "action":
+                parts[key] = OmegaConf.to_container(cfg.tokens, resolve=True)
+            continue
+        value = OmegaConf.to_container(cfg[key], resolve=True) if key != "seed" else cfg.seed
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in _NOT_TRAINING.get(key, ())}
+        parts[key] = value
     try:
-        model_args_from_config(cfg)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+        device = pick_device(cfg.train.device) if device is None else device
+        parts["train"]["precision"] = (resolve_precision(cfg.train.precision, device)[0]
+                                       if precision is None else precision)
+        if parts["train"].get("optimizer") == "muon" and newton_schulz_precision(device) == "fp32":
+            # Float32Muon (vla_ablate/optim.py): recorded only here, where it differs from
+            # torch.optim.Muon's bf16, so that the keys of models trained before stay valid
+            parts["train"]["muon_newton_schulz"] = "fp32"
+    except (ValueError, ConfigError):
+        pass  # validate() reports a precision or device that cannot be used
+    return parts
+
+
+def model_key(cfg, training: dict | None = None) -> str:
+    """A readable, unique name for everything that determines a trained model (``training``:
+    ``training_config(cfg)`` when the caller has it already)."""
+    training = training_config(cfg) if training is None else training
+    digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode())
+    return f"{cfg.pos.name}-{cfg.mask.name}-seed{cfg.seed}-{digest.hexdigest()[:10]}"

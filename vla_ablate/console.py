@@ -1,6 +1,7 @@
-"""Hydra's composition errors as one line on stderr, instead of its multi-line reports.
+"""What the user sees on the console: one-line errors, the log format, command-line parsing.
 
-Until the first job starts, stderr goes through a gate that holds what is written. If Hydra
+Hydra's composition errors become one line on stderr instead of its multi-line reports: until
+the first job starts, stderr goes through a gate that holds what is written. If Hydra
 exits before that (an unknown option, a wrong type, an unknown key), the held report is
 condensed to one ``error: ...`` line. Once a job starts the gate opens and passes everything on.
 ``HYDRA_FULL_ERROR=1`` keeps Hydra's full report.
@@ -8,13 +9,17 @@ condensed to one ``error: ...`` line. Once a job starts the gate opens and passe
 
 from __future__ import annotations
 
+import argparse
 import io
 import logging
+import math
 import os
 import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from vla_ablate.errors import CommandError, first_line
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -63,6 +68,19 @@ def report(lines) -> None:
     job_started()
     for line in lines:
         print(line, file=sys.stderr, flush=True)
+
+
+_log = logging.getLogger("vla_ablate")
+
+
+def log(message: str) -> None:
+    """A progress message: on stderr as ``[vla_ablate] ...`` and in the job's vla_ablate.log."""
+    _log.info(message)
+
+
+def error(message: str) -> None:
+    """A one-line error: on stderr as ``error: ...`` and in the job's vla_ablate.log."""
+    _log.error(message)
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -138,10 +156,49 @@ def hydra_errors_on_one_line():
     except Exception as err:  # a usage error Hydra raises instead of reporting (-m with --cfg)
         if _gate.open or isinstance(err, BrokenPipeError):
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        message = first_line(err)
         hint = next((h for k, h in _USAGE_HINTS.items() if message.startswith(k)), "")
         _gate.held = [f"error: {message}{hint}\n"]
         raise SystemExit(1) from None
     finally:
         _gate.release()
         sys.stderr = real
+
+
+# the small commands (python -m vla_ablate.data, .sample, .visualize, .check_cache)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def run_command(main_fn, argv=None) -> int:
+    """Run ``main_fn(argv)``; a ``CommandError`` becomes ``error: ...`` on stderr and exit 2."""
+    try:
+        return main_fn(argv) or 0
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _number(cast, ok, expected: str, name: str):
+    """An argparse ``type``: ``cast(text)`` if ``ok`` holds for it, else one clear line."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got '{text}'")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer", "positive_int")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0", "non_negative_int")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a positive number", "positive_float")

@@ -1,7 +1,7 @@
 """Per-run evaluations: mask audit, position shift, length extrapolation, KV cache.
 
 Every evaluation counts in steps and scores action tokens, so it means the same in both token
-layouts (``layout``, vla_ablate/tokens.py): with ``tokens=state_action`` a shift of k steps
+layouts (``layout``, vla_ablate/data/tokens.py): with ``tokens=state_action`` a shift of k steps
 moves the sequence by k x tokens-per-step positions, losses are taken over the action tokens
 a_1 .. a_{T-1} alone, and generation is a rollout in which the states come from the data and
 the model generates each step's action token. With ``tokens=action`` nothing changes: every
@@ -24,10 +24,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vla_ablate.data import VOCAB_SIZE, derived_seed, generate_dataset
+from vla_ablate.data.process import VOCAB_SIZE, derived_seed, generate_dataset
+from vla_ablate.data.tokens import ACTION, TokenLayout
 from vla_ablate.precision import DTYPES, autocast
-from vla_ablate.tokens import ACTION, TokenLayout
-from vla_ablate.train import mean_loss, token_losses
+from vla_ablate.training.losses import mean_loss, token_losses
 
 NO_MASK_NOTE = (
     "without a causal mask the full pass lets every position see later tokens, which a decode "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from vla_ablate.data.tokens import TokenLayout, layout_from_config
 from vla_ablate.model.attention import ATTN_IMPLS
 from vla_ablate.model.positions import POSITIONAL_ENCODINGS
 from vla_ablate.model.transformer import DecoderOnlyTransformer
 
 
-def model_args_from_config(cfg) -> dict:
+def model_args_from_config(cfg, layout: TokenLayout | None = None) -> dict:
     """The constructor arguments of ``DecoderOnlyTransformer`` for a composed config.
 
     ``model.max_seq_len`` counts steps: the model holds that many steps of the token layout
@@ -31,11 +32,8 @@ def model_args_from_config(cfg) -> dict:
         raise ValueError(f"pos.amplitude applies to pos=sinusoidal only, not pos={cfg.pos.name}")
     if amplitude is not None and amplitude <= 0:
         raise ValueError(f"pos.amplitude must be > 0, got {amplitude}")
-    # imported here: vla_ablate.tokens imports vla_ablate.data, which `python -m vla_ablate.data`
-    # runs as a script, and the package imports this module
-    from vla_ablate.tokens import layout_from_config
-
-    layout = layout_from_config(cfg)  # the vocabulary and the positions a step takes
+    # the vocabulary and the positions a step takes
+    layout = layout_from_config(cfg) if layout is None else layout
     return dict(
         vocab_size=layout.vocab_size, dim=m.dim, num_layers=m.num_layers, num_heads=m.num_heads,
         ff_hidden_dim=m.ff_hidden_dim, max_seq_len=layout.positions(m.max_seq_len),

@@ -7,6 +7,12 @@ import os
 import uuid
 from pathlib import Path
 
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from vla_ablate.console import log
+from vla_ablate.runfolder import METRICS_CSV, WANDB, code_version
+
 CSV_FIELDS = ["step", "split", "loss", "perplexity", "lr", "tokens_per_s", "elapsed_s",
               "action_loss"]  # action_loss: validation records of tokens=state_action runs
 
@@ -27,7 +33,7 @@ class Logger:
 
 class CsvLogger(Logger):
     def __init__(self, run_dir):
-        self.path = Path(run_dir) / "metrics.csv"
+        self.path = Path(run_dir) / METRICS_CSV
         self._fh = None
 
     def log_metrics(self, record):
@@ -61,12 +67,12 @@ def offline_wandb_env(folder, mode="offline") -> None:
     # runs it writes in <folder>/wandb/, so a job writes nothing outside its folder; not a
     # folder named `.wandb`: wandb would take it for its run directory
     for var, sub in [("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")]:
-        os.environ[var] = str(folder / "wandb" / "home" / sub)
+        os.environ[var] = str(folder / WANDB / "home" / sub)
 
 
 def stable_run_id(run_dir) -> str:
     """The wandb run id of a run folder: made once, kept in ``wandb/run_id``, reused on resume."""
-    path = Path(run_dir) / "wandb" / "run_id"
+    path = Path(run_dir) / WANDB / "run_id"
     if path.exists() and path.read_text().strip():
         return path.read_text().strip()
     run_id = uuid.uuid4().hex[:16]
@@ -162,3 +168,27 @@ def _row_tables(d, prefix="") -> dict:
             columns = list(dict.fromkeys(k for row in value for k in row))
             out[name] = (columns, [[row.get(c) for c in columns] for row in value])
     return out
+
+
+def make_logger(cfg, run_dir, hc, axes) -> Logger:
+    name = cfg.logger.name
+    if name == "csv":
+        return CsvLogger(run_dir)
+    if name == "wandb":
+        group = "single" if hc.mode != RunMode.MULTIRUN else _sweep_id(hc)
+        tags = [f"{k}={v}" for k, v in axes.items()]
+        config = {**OmegaConf.to_container(cfg, resolve=True), **code_version()}
+        return WandbLogger(run_dir, cfg.logger.wandb, config, group, tags, name=run_name(axes),
+                           log=log)
+    return Logger()
+
+
+def run_name(axes: dict) -> str:
+    """A run's name from its axes, e.g. ``rope-causal-on-s1`` (``...-s1-state_action``)."""
+    name = f"{axes['pos']}-{axes['mask']}-{axes['cache']}-s{axes['seed']}"
+    return name if axes.get("tokens", "action") == "action" else f"{name}-{axes['tokens']}"
+
+
+def _sweep_id(hc) -> str:
+    folder = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir
+    return "-".join(Path(folder).parts[-2:])

@@ -11,12 +11,11 @@ stay with AdamW, as in both papers.
 
 The Muon used is ``torch.optim.Muon`` (``adjust_lr_fn="match_rms_adamw"``) where the device
 computes bf16 in hardware (a CPU with AVX512-BF16 or AMX, a CUDA device with bf16): torch runs
-the Newton-Schulz iterations per matrix in bf16, and on such a CPU its step took 0.43x the time
-of the project's batched float32 version (43 vs 100 ms; ``python benchmarks/optimizer_step.py``,
-docs/benchmarks.md), the updates differing by at most 4.6% (bf16 rounding). Elsewhere bf16 is
-emulated and torch's step is slow beyond use (on a 2-core AVX2 host: 16.7 s against 0.48 s,
-34.8x), so ``Float32Muon`` does the same update with the iterations in float32, batched over
-same-shaped matrices. Which one a run used is part of its training configuration
+the Newton-Schulz iterations per matrix in bf16, faster there than the project's batched float32
+version, the updates differing by bf16 rounding. Elsewhere bf16 is emulated and torch's step is
+slow beyond use, so ``Float32Muon`` does the same update with the iterations in float32, batched
+over same-shaped matrices (``python benchmarks/optimizer_step.py``; the figures per host:
+docs/benchmarks.md, "Muon: torch's or ours"). Which one a run used is part of its training configuration
 (``train.muon_newton_schulz``, recorded only where it is float32, so that models trained before
 keep their keys).
 """

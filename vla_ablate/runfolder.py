@@ -13,7 +13,9 @@ A job folder holds:
   float32 array ``layer_<i>`` of (H, T, T) per layer (rows: query step, columns: key step) and
   ``tokens`` (T,), the validation trajectory they were computed on. The analysis draws its
   causal-vs-no-mask figure from these.
-- ``training_config.json``: the training config the folder is bound to (see ``bind_folder``).
+- ``training_config.json``: the training config the folder is bound to (see ``bind_folder``);
+- ``train_done.json`` and ``trained_by.json`` beside ``checkpoints/`` where the model was
+  trained; ``error.log``: the traceback of a job that failed unexpectedly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import functools
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -29,15 +32,36 @@ from pathlib import Path
 
 import numpy as np
 
-import vla_ablate
-from vla_ablate.config import ConfigError
+from vla_ablate._version import __version__
+from vla_ablate.errors import ConfigError
 from vla_ablate.fileio import atomic_write, json_line, write_json
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"  # the csv logger's copy of the records
 ATTENTION_MAPS = "attention_maps.npz"
+LOSS_CURVE_PNG = "loss_curve.png"
+ATTENTION_MAPS_PNG = "attention_maps.png"
 BINDING = "training_config.json"
+ERROR_LOG = "error.log"
+HYDRA = ".hydra"
+JOB_CONFIG = f"{HYDRA}/config.yaml"  # the composed config a job ran with
+WANDB = "wandb"  # the wandb logger's offline run and caches
 _HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
+# where a model is trained: the job folder, or <sweep>/models/<key>/ for a shared one
+MODELS = "models"
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"  # the resumable state at the newest save
+BEST = "best.pt"  # the weights at the best validation loss
+STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt$")  # step_0001000.pt, every checkpoint_every
+TRAIN_DONE = "train_done.json"  # the training result: the model is trained
+TRAINED_BY = "trained_by.json"  # the job that trained it last
+LOCK = ".lock"  # held while a job trains the model (a folder .lock.d where flock is refused)
+LOCK_DIR = ".lock.d"
+
+
+def step_checkpoint(step: int) -> str:
+    return f"step_{step:07d}.pt"
 
 
 class MetricsFile:
@@ -66,6 +90,14 @@ class MetricsFile:
         with open(self.path, "a") as fh:
             fh.write(json_line(record))
             fh.flush()
+
+
+def read_json(path: Path):
+    """A JSON file's value, or None where it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def write_summary(folder, summary: dict) -> None:
@@ -98,13 +130,13 @@ def bind_folder(folder, training: dict) -> None:
     bind_check(folder, training)
     hydra_files = {}
     for name in _HYDRA_FILES:
-        file = folder / ".hydra" / name
+        file = folder / HYDRA / name
         if file.exists():
             hydra_files[name] = file.read_text()
     write_json(folder / BINDING, {"training": training, "hydra_files": hydra_files})
 
 
-# training-config keys that the device decides (vla_ablate/run.py training_config)
+# training-config keys that the device decides (vla_ablate/config.py training_config)
 HOST_KEYS = ("train.muon_newton_schulz",)
 
 
@@ -136,7 +168,7 @@ def restore_hydra_files(folder) -> bool:
     if not path.exists():
         return False
     for name, text in json.loads(path.read_text()).get("hydra_files", {}).items():
-        atomic_write(Path(folder) / ".hydra" / name, text.encode())
+        atomic_write(Path(folder) / HYDRA / name, text.encode())
     return True
 
 
@@ -155,8 +187,8 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
     """The package version and, in a git checkout, the commit (and whether it has edits)."""
-    out = {"vla_ablate_version": vla_ablate.__version__, "git_commit": None, "git_dirty": None}
-    root = Path(vla_ablate.__file__).resolve().parents[1]
+    out = {"vla_ablate_version": __version__, "git_commit": None, "git_dirty": None}
+    root = Path(__file__).resolve().parents[1]
     if (root / ".git").exists():
         try:
             git = ["git", "-C", str(root)]

@@ -16,21 +16,16 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from vla_ablate.commands import (
-    TOKEN_NOTE,
+from vla_ablate.console import (
     ArgumentParser,
-    CommandError,
-    decode_token,
-    describe_token,
-    load_checkpoint_file,
-    model_from_state,
     non_negative_int,
-    pick_trajectory,
     positive_float,
     positive_int,
     run_command,
-    validation_actions,
 )
+from vla_ablate.data.process import TOKEN_NOTE, decode_token, describe_token
+from vla_ablate.errors import CommandError
+from vla_ablate.trained import load_checkpoint_file, load_model, pick_trajectory, validation_actions
 
 NOISE_FLOOR = math.log(5)
 
@@ -70,7 +65,7 @@ def prefix_only_losses(model, tokens: torch.Tensor, start: int, stop: int) -> li
 def main(argv=None) -> int:
     args = parse_args(argv)
     state = load_checkpoint_file(args.checkpoint)
-    model = model_from_state(state)
+    model = load_model(state)
     max_len = model.max_seq_len
     val, source = validation_actions(state["path"], args.data)
     tokens = pick_trajectory(val, args.trajectory, max_len)

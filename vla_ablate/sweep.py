@@ -26,9 +26,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from vla_ablate.cli import one_line, report
-from vla_ablate.config import ConfigError, validate
-from vla_ablate.run import LAUNCH_ENV
+from vla_ablate.config import training_config, validate
+from vla_ablate.console import one_line, report
+from vla_ablate.errors import ConfigError
+from vla_ablate.job import LAUNCH_ENV
 from vla_ablate.runfolder import SUMMARY, bind_check
 
 FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
@@ -89,8 +90,6 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 def check_jobs(config: DictConfig) -> list[str]:
     """One ``error: ...`` line per problem found in any job (empty: every job can run)."""
     from hydra.core.global_hydra import GlobalHydra
-
-    from vla_ablate.run import training_config
 
     if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
         return []  # another sweeper chooses its jobs as it goes

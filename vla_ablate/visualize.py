@@ -12,18 +12,21 @@ import sys
 from pathlib import Path
 
 from vla_ablate import plots
-from vla_ablate.commands import (
-    ArgumentParser,
-    CommandError,
+from vla_ablate.console import ArgumentParser, non_negative_int, run_command
+from vla_ablate.errors import CommandError
+from vla_ablate.runfolder import (
+    ATTENTION_MAPS_PNG,
+    LOSS_CURVE_PNG,
+    MetricsFile,
+    write_attention_maps,
+)
+from vla_ablate.trained import (
     load_checkpoint_file,
-    model_from_state,
-    non_negative_int,
+    load_model,
     pick_trajectory,
-    run_command,
     train_dir_of,
     validation_actions,
 )
-from vla_ablate.runfolder import MetricsFile, write_attention_maps
 
 
 def parse_args(argv=None):
@@ -41,7 +44,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     state = load_checkpoint_file(args.checkpoint)
-    model = model_from_state(state)
+    model = load_model(state)
     val, source = validation_actions(state["path"], args.data)
     tokens = pick_trajectory(val, args.trajectory, model.max_seq_len)
     if args.out.exists() and not args.out.is_dir():
@@ -52,12 +55,12 @@ def main(argv=None) -> int:
     title = (f"pos={margs.get('pos')} mask={'causal' if margs.get('causal', True) else 'none'}, "
              f"step {state.get('step', '?')}: validation trajectory {args.trajectory}")
     maps = [m[0] for m in model.attention_maps(tokens[None])]  # per layer (H, T, T)
-    written = [args.out / "attention_maps.png"]
+    written = [args.out / ATTENTION_MAPS_PNG]
     plots.attention_maps(maps, written[0], title=title)
     written.append(write_attention_maps(args.out, maps, tokens))
     records = MetricsFile(train_dir_of(state["path"])).read()
     if records:
-        written.append(args.out / "loss_curve.png")
+        written.append(args.out / LOSS_CURVE_PNG)
         plots.loss_curve(records, written[-1], title=title.split(":")[0])
     print(f"trajectory {args.trajectory} of {len(val)} validation trajectories ({source})")
     for path in written:

@@ -11,8 +11,10 @@ import pickle
 import sys
 from pathlib import Path
 
-from vla_ablate.commands import ArgumentParser, CommandError, positive_int, run_command
-from vla_ablate.data import generate_dataset, save_dataset
+from vla_ablate.console import ArgumentParser, positive_int, run_command
+from vla_ablate.data.process import generate_dataset
+from vla_ablate.data.store import save_dataset
+from vla_ablate.errors import CommandError
 from vla_ablate.fileio import atomic_write
 
 

@@ -8,7 +8,7 @@ state, quantised into ``bins`` bins per chosen state value, and then its action 
 
 State value j of the layout has its own vocabulary range, ``256 + j * bins`` up to
 ``256 + (j + 1) * bins - 1``, beside the 256 action tokens, so no two ranges overlap. A step's
-state is recorded before its action is drawn (vla_ablate/data.py), so a state token carries
+state is recorded before its action is drawn (vla_ablate/data/process.py), so a state token carries
 nothing of its own step's action noise, and it precedes that action in the sequence.
 
 Losses that compare the two modes are taken over the action tokens a_1 .. a_{T-1} alone: the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vla_ablate.data import LINK_LENGTHS, NUM_JOINTS, VOCAB_SIZE
+from vla_ablate.data.process import LINK_LENGTHS, NUM_JOINTS, VOCAB_SIZE
 
 MODES = ("action", "state_action")
 LOSSES = ("all", "action")

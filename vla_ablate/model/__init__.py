@@ -2,7 +2,6 @@
 
 from vla_ablate.model.attention import CausalSelfAttention, KVCache
 from vla_ablate.model.block import FeedForward, TransformerBlock
-from vla_ablate.model.factory import build_model, model_args_from_config
 from vla_ablate.model.norm import RMSNorm
 from vla_ablate.model.positions import POSITIONAL_ENCODINGS, RotaryPositionalEmbedding
 from vla_ablate.model.transformer import DecoderOnlyTransformer
@@ -16,6 +15,4 @@ __all__ = [
     "RMSNorm",
     "RotaryPositionalEmbedding",
     "TransformerBlock",
-    "build_model",
-    "model_args_from_config",
 ]

@@ -1,0 +1,77 @@
+"""A job's evaluations of its trained model, from its config: which ones, on which inputs."""
+
+from __future__ import annotations
+
+from vla_ablate import evaluate, plots, runfolder
+from vla_ablate.console import log
+from vla_ablate.data.process import derived_seed, generate_dataset
+from vla_ablate.data.tokens import TokenLayout
+from vla_ablate.host import jobs_at_once
+from vla_ablate.runfolder import ATTENTION_MAPS_PNG
+from vla_ablate.training.compile import use_compile_decode
+
+
+def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, precision,
+                    layout: TokenLayout, title: str) -> dict:
+    """The per-run evaluations, counted in steps and scored on action tokens in every layout."""
+    e = cfg.eval
+    log(f"evaluating in {precision}: mask audit, position shift, extrapolation, KV cache")
+    out = {
+        "mask_audit": evaluate.mask_audit(model, seen_actions, val_actions, device,
+                                          e.audit_trajectories, precision, layout),
+        "position_shift": evaluate.position_shift(model, val_actions[: e.shift_trajectories],
+                                                  list(e.position_shifts), device, precision,
+                                                  layout),
+        "extrapolation": evaluate.extrapolation(model, cfg.data.seed, cfg.data.seq_length,
+                                                list(e.extrapolation_factors),
+                                                e.extrapolation_trajectories, device, precision,
+                                                layout),
+    }
+    gen_model = evaluate.generation_model(model, precision,
+                                          compile_decode=use_compile_decode(cfg.train.compile,
+                                                                            device))
+    prompts, given, new = consistency_inputs(cfg, layout, val_actions)
+    first = None if given is None else given[:4, :new]
+    out["kv_cache"] = {
+        "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
+                                                     given=first),
+        "precision": precision,
+        # both sides on this model in this process, alternated: a paired ratio per model
+        "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
+                                                  list(e.gen_new_tokens), e.gen_repeats, device,
+                                                  given=given),
+        "concurrent_jobs": jobs_at_once(cfg),
+    }
+    if e.attention_maps:  # over steps: with state tokens, the rows that predict the actions
+        maps = [layout.step_attention(m[0])
+                for m in model.attention_maps(val_actions[:1].to(device))]
+        what = "" if layout.name == "action" else " (rows: the query predicting each action)"
+        plots.attention_maps(maps, run_dir / ATTENTION_MAPS_PNG,
+                             title=f"{title}: attention on one validation trajectory{what}")
+        runfolder.write_attention_maps(run_dir, maps, layout.actions_of(val_actions[0]))
+    return out
+
+
+def consistency_inputs(cfg, layout: TokenLayout, val_seqs):
+    """(prompts, given, new steps) of the KV-cache evaluations; the consistency check uses the
+    first 4 prompts (and their given states) over ``new`` steps."""
+    new = min(20, cfg.model.max_seq_len - cfg.eval.gen_prompt_len)
+    return (*rollout_inputs(cfg, layout, val_seqs, new), new)
+
+
+def rollout_inputs(cfg, layout: TokenLayout, val_seqs, new: int):
+    """(prompts, given) for the KV-cache evaluations: 8 prompts of ``eval.gen_prompt_len``
+    steps and, for a state_action layout, the state tokens of every step to generate.
+
+    Action tokens alone: the validation trajectories' first steps, nothing given. With state
+    tokens the rollout needs the states of every generated step, so it runs on fresh
+    trajectories of the process long enough for the longest generation.
+    """
+    e = cfg.eval
+    if layout.name == "action":
+        return val_seqs[:8, : e.gen_prompt_len], None
+    steps = e.gen_prompt_len + max([*e.gen_new_tokens, new])
+    data = generate_dataset(8, steps, derived_seed(cfg.data.seed, "rollout"), progress=False)
+    seqs = layout.sequences(data["states"], data["actions"])
+    return (seqs[:, : layout.positions(e.gen_prompt_len)],
+            layout.given(data["states"])[:, e.gen_prompt_len :])

@@ -1,0 +1,236 @@
+"""One job of ``python -m vla_ablate``: resolve its settings once, bind its folder, run it, record it.
+
+``run_job`` turns every failure into a status in ``summary.json`` (and, for a single run, an exit
+code), so one bad job never stops the other jobs of a sweep. The work itself is
+``pipeline.execute``; the bookkeeping around it is ``recorded``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from vla_ablate import pipeline
+from vla_ablate.config import model_key, training_config, validate
+from vla_ablate.console import error, log
+from vla_ablate.data.tokens import TokenLayout
+from vla_ablate.errors import ConfigError
+from vla_ablate.factory import model_args_from_config
+from vla_ablate.host import pick_device
+from vla_ablate.loggers import Logger, make_logger
+from vla_ablate.precision import resolve_precision
+from vla_ablate.runfolder import (
+    ERROR_LOG,
+    SUMMARY,
+    bind_check,
+    bind_folder,
+    code_version,
+    read_json,
+    restore_hydra_files,
+    running_summary,
+    write_summary,
+)
+from vla_ablate.training.signals import JobInterrupted, TrainingInterrupted, stop_on_signals
+from vla_ablate.training.signals import signals_stop_the_job as stops_the_job
+
+EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": 2, "diverged": 3, "interrupted": 130}
+# (an interrupted job exits with 128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM)
+LAUNCH_ENV = "VLA_ABLATE_LAUNCH"  # one id per `python -m vla_ablate -m` (vla_ablate/sweep.py)
+ARGV_ENV = "VLA_ABLATE_ARGV"  # the command line, for the resume hint in worker processes
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's settings, resolved once: what every stage reads instead of re-deriving it."""
+
+    run_dir: Path
+    multirun: bool
+    axes: dict
+    device: torch.device
+    precision: str
+    precision_why: str
+    layout: TokenLayout
+    model_args: dict
+    training: dict  # the training config the folder is bound to (config.training_config)
+    key: str  # the model's name (config.model_key)
+
+
+def axes_of(cfg) -> dict:
+    tokens = cfg.get("tokens")
+    return {"pos": cfg.pos.name, "mask": cfg.mask.name,
+            "cache": "on" if cfg.cache.enabled else "off", "seed": int(cfg.seed),
+            "tokens": "action" if tokens is None else str(tokens.name)}
+
+
+def resolve(cfg, run_dir: Path, multirun: bool) -> Job:
+    """Check ``cfg`` and resolve device, precision, layout and model once (``ConfigError``)."""
+    layout = validate(cfg)
+    device = pick_device(cfg.train.device)
+    try:
+        precision, why = resolve_precision(cfg.train.precision, device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    training = training_config(cfg, device, precision)
+    return Job(run_dir, multirun, axes_of(cfg), device, precision, why, layout,
+               model_args_from_config(cfg, layout), training, model_key(cfg, training))
+
+
+def run_job(cfg) -> dict:
+    """Run one job; never raises for a job's own failure (except Ctrl-C, which stops a sweep)."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if cfg.data.path is not None:  # bound to the file, not to a path relative to the cwd
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+    try:  # before anything is written: a bad config or another folder's settings
+        job = resolve(cfg, run_dir, multirun)
+        bind_check(run_dir, job.training)
+    except ConfigError as err:
+        return refuse(run_dir, axes_of(cfg), err, multirun)
+    if multirun and (done := completed_before(run_dir)) is not None:
+        restore_hydra_files(run_dir)  # the folder keeps describing the launch that ran it
+        return done
+    bind_folder(run_dir, job.training)
+    with recorded(cfg, job, hc) as record:
+        record["logger"] = make_logger(cfg, run_dir, hc, job.axes)
+        record["summary"] = pipeline.execute(cfg, job, record["logger"])
+    if record["code"] and not multirun:
+        sys.exit(record["code"])
+    return record["summary"]
+
+
+@contextmanager
+def recorded(cfg, job: Job, hc):
+    """Around a job's work: a ``running`` summary first, then whatever happens, the final one.
+
+    The work fills ``record["summary"]`` (and ``record["logger"]``); a failure becomes a status
+    (``failed``, ``bad_config``: exit 2, ``interrupted``: exit 128 + the signal) with a one-line
+    message, and an unexpected error's traceback goes to ``error.log``. A SIGTERM or Ctrl-C
+    stops the work at once; one that comes while the job is recorded waits for the record, and
+    an interrupted job then exits (which stops a sweep too; the checkpoint is saved).
+    """
+    run_dir = job.run_dir
+    earlier = _earlier_wall_time(run_dir)  # earlier sittings in this folder (a resumed run)
+    stamp = {"launch_id": os.environ.get(LAUNCH_ENV), **code_version()}
+    # the earlier sittings' time stays on record should this one be killed (kill -9)
+    write_summary(run_dir, {**running_summary(job.axes), **stamp, "wall_time_total_s": earlier})
+    t0 = time.time()
+    record = {"logger": Logger(), "summary": {}, "code": 1}
+    status, message, signum = "failed", None, None
+    with stop_on_signals() as stop:
+        try:
+            with stops_the_job(stop):
+                yield record
+            status = record["summary"]["status"]
+        except ConfigError as err:
+            status, message = "bad_config", str(err)
+            error(str(err))
+        except (TrainingInterrupted, JobInterrupted) as err:  # JobInterrupted: SIGTERM outside
+            status, message, signum = "interrupted", str(err), err.signum  # the training loop
+            log(f"{err}; to resume: {resume_command(hc, run_dir, job.multirun)}")
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (data, evaluation)
+            status, message, signum = "interrupted", "interrupted by Ctrl-C", signal.SIGINT
+            log(f"interrupted; to resume: {resume_command(hc, run_dir, job.multirun)}")
+        except Exception as err:  # noqa: BLE001 - recorded as the job's status
+            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            (run_dir / ERROR_LOG).write_text(traceback.format_exc())
+            error(f"{message} (traceback in {run_dir / ERROR_LOG})")
+        finally:
+            record["code"] = (128 + signum if status == "interrupted"
+                              else EXIT_CODES.get(status, 1))
+            summary = _final_summary(cfg, job, record["summary"], stamp, status, message,
+                                     time.time() - t0, earlier)
+            record["summary"] = summary
+            write_summary(run_dir, summary)
+            record["logger"].log_summary(summary)
+            record["logger"].finish(exit_code=record["code"])
+            if status == "interrupted":
+                stop["signum"] = None  # it exits 128 + signum below
+    if status == "interrupted":
+        sys.exit(128 + signum)
+
+
+def _final_summary(cfg, job: Job, summary: dict, stamp: dict, status: str, message, seconds,
+                   earlier: float) -> dict:
+    summary = {**summary, **stamp}
+    if "training_config" not in summary:  # so the analysis labels a failed job like the rest
+        summary["training_config"] = job.training
+    if status != "completed":
+        summary = {**summary, "status": "failed" if status == "bad_config" else status,
+                   **job.axes, "axes": job.axes, "error": message or summary.get("error"),
+                   "wall_time_s": seconds}
+    summary["wall_time_total_s"] = earlier + seconds  # every sitting
+    return summary
+
+
+def _earlier_wall_time(run_dir: Path) -> float:
+    """The wall time earlier sittings spent in this folder (0 for a new one)."""
+    before = read_json(run_dir / SUMMARY)
+    if not isinstance(before, dict):
+        return 0.0
+    value = before.get("wall_time_total_s", before.get("wall_time_s"))
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def completed_before(run_dir: Path) -> dict | None:
+    """A sweep job whose folder already holds a completed run: its summary, so that re-running a
+    sweep command on its folder completes only what is missing (a single run in a folder is
+    re-evaluated instead, see README). The folder is bound to the same training config
+    (``bind_check`` checked it), and its name holds the job's overrides."""
+    summary = read_json(run_dir / SUMMARY)
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return None
+    log(f"job {run_dir} completed before (commit {summary.get('git_commit') or 'unknown'}); "
+        "skipping it (delete its summary.json to run it again)")
+    return summary
+
+
+def objective(cfg, summary: dict):
+    """What the job returns to Hydra's sweeper: the summary, or with ``optimized_metric`` (an
+    Optuna search, ``hparams_search=...``) that key's value; a job without a finite value
+    returns +inf, the worst a minimising search can see."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return summary
+    value = summary.get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
+def refuse(run_dir: Path, axes: dict, err: ConfigError, multirun: bool) -> dict:
+    """A job that cannot run in this folder: one line, exit 2, the folder's results untouched.
+
+    Hydra rewrote ``.hydra/`` before the job started; a folder bound to another training
+    config gets its own files back.
+    """
+    error(str(err))
+    summary = {"status": "failed", **axes, "axes": axes, "error": str(err),
+               "launch_id": os.environ.get(LAUNCH_ENV)}
+    if not restore_hydra_files(run_dir) and not (run_dir / SUMMARY).exists():
+        write_summary(run_dir, summary)  # a new folder: let the analysis list the failure
+    if not multirun:
+        sys.exit(EXIT_CODES["bad_config"])
+    return summary
+
+
+def resume_command(hc, run_dir: Path, multirun: bool) -> str:
+    """The exact command that resumes this run or sweep (also with time-stamped folders)."""
+    argv = json.loads(os.environ.get(ARGV_ENV, "null") or "null")
+    if argv is None:  # not started by `python -m vla_ablate` (tests, the compose API)
+        argv = (["-m"] if multirun else []) + list(hc.overrides.task)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = Path(hc.sweep.dir if multirun else run_dir).resolve()
+    kept = [a for a in argv if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
+    return shlex.join(["python", "-m", "vla_ablate", *kept, f"{key}={folder}"])

@@ -1,0 +1,214 @@
+"""A job's work, in stages: prepare its data -> train its model or reuse it -> evaluate -> summarise.
+
+Jobs that differ only in inference settings (``cache``, ``logger``, ``eval``) share one trained
+model in ``<sweep>/models/<key>/``, trained by the first of them under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+from vla_ablate import evaluate, plots
+from vla_ablate.config import check_batch_fits, check_shifts, layout_of
+from vla_ablate.console import log
+from vla_ablate.data.process import STATE_DIM, derived_seed, generate_dataset, split_indices
+from vla_ablate.data.store import load_dataset, load_or_generate
+from vla_ablate.data.tokens import TokenLayout
+from vla_ablate.errors import ConfigError, DataError
+from vla_ablate.evaluations import run_evaluations
+from vla_ablate.fileio import write_json
+from vla_ablate.host import thread_count
+from vla_ablate.locks import model_lock
+from vla_ablate.loggers import Logger
+from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.runfolder import (
+    ATTENTION_MAPS_PNG,
+    CHECKPOINTS,
+    LAST,
+    LOSS_CURVE_PNG,
+    METRICS,
+    MODELS,
+    TRAIN_DONE,
+    TRAINED_BY,
+    MetricsFile,
+    read_json,
+    write_summary,
+)
+from vla_ablate.training.checkpoint import load_checkpoint
+from vla_ablate.training.loop import train
+from vla_ablate.training.schedule import BatchSource
+
+
+def execute(cfg, job, logger: Logger) -> dict:
+    """Run the job ``job`` (``job.Job``) describes; returns its summary (also written)."""
+    t_start = time.time()
+    threads = thread_count(cfg)
+    torch.set_num_threads(threads)
+    log(f"precision {job.precision}: {job.precision_why}")
+    layout = job.layout
+    if layout.name != "action":
+        log(f"tokens={layout.name}: each step is {', '.join(layout.state)} in {layout.bins} bins "
+            f"each, then its action ({layout.per_step} tokens per step, vocabulary "
+            f"{layout.vocab_size}); training loss over {layout.loss} tokens")
+    train_actions, val_actions, fresh = load_data(cfg, layout)
+    shared = job.multirun and cfg.train.share_models
+    train_dir = Path(HydraConfig.get().sweep.dir) / MODELS / job.key if shared else job.run_dir
+    log(f"job {job.run_dir} | pos={cfg.pos.name} mask={cfg.mask.name} cache="
+        f"{'on' if cfg.cache.enabled else 'off'} seed={cfg.seed} | {threads} threads, "
+        f"{job.device}")
+    batches = BatchSource(train_actions, cfg.train.batch_size, cfg.seed, fresh)
+    result, trained_here = train_or_reuse(cfg, job, train_dir, batches, val_actions, logger)
+    summary = summarise(cfg, job, result, train_dir, trained_here, threads)
+    if result["status"] == "completed" and cfg.eval.enabled:
+        model = trained_model(cfg, job, train_dir)
+        summary["num_parameters"] = model.num_parameters()
+        summary.update(run_evaluations(cfg, model, train_actions, val_actions, job.device,
+                                       job.run_dir, job.precision, layout, title(cfg, job)))
+        logger.log_images({"loss_curve": job.run_dir / LOSS_CURVE_PNG,
+                           "attention_maps": job.run_dir / ATTENTION_MAPS_PNG})
+    summary["wall_time_s"] = time.time() - t_start
+    write_summary(job.run_dir, summary)
+    if summary["status"] == "diverged":
+        log(f"run diverged at step {summary['diverged_step']}")
+    else:
+        log(f"done: val loss {summary['val_loss']:.4f} in {summary['wall_time_s']:.1f}s -> "
+            f"{job.run_dir}")
+    return summary
+
+
+def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> tuple[dict, bool]:
+    """(the training result, whether this job trained the model): trained here, under the
+    model's lock, unless its folder holds a finished training."""
+    with model_lock(train_dir):
+        done, trainer = train_dir / TRAIN_DONE, train_dir / TRAINED_BY
+        train_now = not done.exists()
+        # a job stopped while evaluating, re-run: the model is still its own training
+        by = read_json(trainer)
+        trained_here = train_now or (isinstance(by, dict) and by.get("job") == job.run_dir.name)
+        if train_now:
+            write_json(trainer, {"job": job.run_dir.name})  # the job that trained it last
+            torch.manual_seed(cfg.seed)
+            model = DecoderOnlyTransformer(**job.model_args)
+            log(f"training model {job.key} ({model.num_parameters():,} parameters) in "
+                f"{train_dir}")
+            result = train(model, job.model_args, batches, val_actions, cfg.train, train_dir,
+                           job.device, cfg.seed, on_record=logger.log_metrics, log=log,
+                           precision=job.precision, layout=job.layout).as_dict()
+        else:
+            result = json.loads(done.read_text())
+            log(f"model {job.key} already trained in {train_dir} ({result['status']}"
+                f"{', by this job in an earlier sitting' if trained_here else ''}); reusing it")
+            for record in MetricsFile(train_dir).read():
+                logger.log_metrics(record)
+    return result, trained_here
+
+
+def summarise(cfg, job, result: dict, train_dir: Path, trained_here: bool, threads: int) -> dict:
+    """The summary of a trained (or diverged) model, before its evaluations; draws its curve."""
+    if train_dir != job.run_dir:
+        shutil.copyfile(train_dir / METRICS, job.run_dir / METRICS)
+    plots.loss_curve(MetricsFile(train_dir).read(), job.run_dir / LOSS_CURVE_PNG,
+                     title=title(cfg, job))
+    val_loss = result["val_loss"]
+    return {
+        "status": result["status"], **job.axes, "axes": job.axes,
+        "val_loss": val_loss, "val_perplexity": evaluate.perplexity(val_loss),
+        # the one figure comparable across token layouts: the action tokens a_1..a_{T-1} alone
+        "val_action_loss": (val_loss if job.layout.name == "action"
+                            else result.get("val_action_loss")),
+        "train_loss": result["train_loss"], "best_val_loss": result["best_val_loss"],
+        "steps": result["steps"], "train_time_s": result["train_time_s"],
+        "train_tokens_per_s": result.get("tokens_per_s"), "diverged_step": result["diverged_step"],
+        "resumed_from": result.get("resumed_from"), "trained_here": trained_here,
+        "model_key": job.key, "training_config": job.training,
+        "model_dir": str(train_dir), "threads": threads, "device": str(job.device),
+        "precision": job.precision, "compiled": result.get("compiled"),
+    }
+
+
+def trained_model(cfg, job, train_dir: Path) -> DecoderOnlyTransformer:
+    """The trained model (its last.pt), on the job's device, in eval mode."""
+    state = load_checkpoint(train_dir / CHECKPOINTS / LAST, log=log)
+    if state is None:
+        raise RuntimeError(f"the trained model's last.pt in {train_dir} is unreadable")
+    torch.manual_seed(cfg.seed)
+    model = DecoderOnlyTransformer(**job.model_args)
+    model.load_state_dict(state["model"])
+    return model.to(job.device).eval()
+
+
+def title(cfg, job) -> str:
+    tokens = job.axes["tokens"]
+    return (f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
+            + ("" if tokens == "action" else f" tokens={tokens}"))
+
+
+def load_data(cfg, layout: TokenLayout | None = None):
+    """(first-epoch training sequences, validation sequences, epoch -> sequences or None).
+
+    The sequences are the token layout's (``tokens``): the action tokens themselves with
+    ``tokens=action``, each step's state tokens and action with ``tokens=state_action``.
+
+    Validation is always the fixed split of the dataset (``data.seed`` or ``data.path``), so
+    every seed of a study is scored on the same trajectories. Generated training trajectories
+    vary with ``seed`` when ``data.vary_with_seed`` (so a study's seeds cover the data too), and
+    are drawn afresh every epoch when ``data.fresh_per_epoch``. A file is used as it is, for
+    every epoch.
+    """
+    d = cfg.data
+    layout = layout_of(cfg) if layout is None else layout
+    data = read_file(cfg, layout) if d.path is not None else generated(cfg)
+    try:
+        train_idx, val_idx = split_indices(len(data["actions"]), d.train_split)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_batch_fits(cfg.train.batch_size, len(train_idx))
+    seqs = layout.sequences(data["states"], data["actions"])
+    if d.path is not None:
+        if d.fresh_per_epoch or d.vary_with_seed:
+            log(f"training on the {len(train_idx)} trajectories of {d.path} in every epoch "
+                "(data.fresh_per_epoch and data.vary_with_seed apply to generated data only)")
+        return seqs[train_idx], seqs[val_idx], None
+
+    def draw(epoch):
+        seed = (derived_seed(d.seed, "train", int(cfg.seed), epoch) if d.vary_with_seed
+                else derived_seed(d.seed, "train-epoch", epoch))
+        fresh = generate_dataset(len(train_idx), data["actions"].shape[1], seed, progress=False)
+        return layout.sequences(fresh["states"], fresh["actions"])
+
+    first = draw(0) if d.vary_with_seed else seqs[train_idx]
+    return first, seqs[val_idx], draw if d.fresh_per_epoch else None
+
+
+def generated(cfg) -> dict:
+    """The generated dataset of ``data.*``, from the data cache (made there if missing)."""
+    d = cfg.data
+    cache_dir = d.cache_dir or Path(HydraConfig.get().runtime.cwd) / "outputs" / "datasets"
+    return load_or_generate(cache_dir, d.num_trajectories, d.seq_length, d.seed, log=log)
+
+
+def read_file(cfg, layout: TokenLayout) -> dict:
+    """The dataset file ``data.path``, checked against the model and the layout."""
+    d = cfg.data
+    try:
+        data = load_dataset(d.path)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    n, length = data["actions"].shape
+    if length < 2 or length > cfg.model.max_seq_len:
+        raise ConfigError(f"{d.path} holds trajectories of {length} steps; need "
+                          f"2..model.max_seq_len ({cfg.model.max_seq_len})")
+    check_shifts(cfg, length, f"{d.path} holds trajectories of {length} steps: ", layout)
+    if layout.state and data["states"].shape[-1] != STATE_DIM:
+        raise ConfigError(f"{d.path} holds states of {data['states'].shape[-1]} values; "
+                          f"tokens=state_action needs the course's {STATE_DIM} (7 joint "
+                          "angles, then the end effector's x, y, z)")
+    log(f"loaded {n} trajectories of {length} steps from {d.path} "
+        "(data.num_trajectories and data.seq_length do not apply)")
+    return data
