@@ -121,3 +121,9 @@ def test_profile_decode_lists_the_operators():
     out = bench("profile_decode.py", "--new-tokens", "3", "--rows", "5")
     assert "bf16 weights and KV cache, 3 new tokens at batch 1" in out
     assert "Self CPU time total" in out and out.count("aten::") >= 5
+
+
+def test_lerobot_read_benchmark():
+    out = bench("lerobot_read.py", "--frames", "2000", "--episodes", "20", "--repeats", "1")
+    assert "| read_lerobot (pyarrow, needed columns) | 2,000 | 20 |" in out
+    assert "ratio read_lerobot / baseline:" in out and "goal: under 5 s" in out
