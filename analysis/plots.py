@@ -257,7 +257,7 @@ def kv_speed(speed, path) -> Path | None:
                       estimator="median", errorbar=None, markers="_", markersize=14,
                       linestyles="none", ax=ax, legend=False, **hue)
         ax.axhline(1.0, color="grey", lw=1, ls="--")
-        title = "KV cache: paired speed-up, one dot per model; bar: median over models"
+        title = "KV cache: paired speed-up\none dot per model; bar: median over models"
         ax.set(xlabel="generated tokens", ylabel="speed-up (uncached time / cached time)",
                title=title if len(configs) == 1 else f"{config}\n{title}")
         ax.grid(alpha=0.3)
