@@ -23,7 +23,7 @@ from analysis.common import ATTENTION_MAPS, ATTENTION_PNG, NOISE_FLOOR
 
 # Okabe-Ito: distinct in colour and in lightness, also for colour-blind readers
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
-SEED_BAND = "line: mean over seeds; band: 95% CI over seeds (none with one seed)"
+SEED_BAND = "line: mean over seeds; band: 95% CI over seeds"
 TEACHER_FORCED = "teacher-forced (every position sees the whole input)"
 PREFIX_ONLY = "prefix-only (each prefix alone, as in generation)"
 
@@ -33,6 +33,19 @@ def _seeds(frame, by) -> str:
     counts = frame.groupby(by)["seed"].nunique() if "seed" in frame else pd.Series([1])
     low, high = int(counts.min()), int(counts.max())
     return f"n={low} seed{'s' if high > 1 else ''}" if low == high else f"n={low}-{high} seeds"
+
+
+def _figure(style: str | None, data) -> Figure:
+    """A one-panel figure, taller where a legend of training configurations goes below it."""
+    rows = data[style].nunique() if style else 0
+    return Figure(figsize=(6.5, 4.3 + 0.22 * (rows + 2) * bool(rows)), layout="constrained")
+
+
+def _legend_below(ax, style: str | None) -> None:
+    """Long configuration labels below the plot, where they hide no line."""
+    if style and ax.get_legend() is not None:
+        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8,
+                        frameon=False)
 
 
 def loss_curves(metrics, hue, path, mask=None) -> Path | None:
@@ -46,17 +59,17 @@ def loss_curves(metrics, hue, path, mask=None) -> Path | None:
     # jobs sharing a trained model carry identical curves: count each model once
     val = val.drop_duplicates(subset=["model_key", "step"]) if "model_key" in val else val
     style = "config" if "config" in val and val["config"].nunique() > 1 else None
-    fig = Figure(figsize=(6.5, 4.3))
+    fig = _figure(style, val)
     ax = fig.subplots()
     sns.lineplot(data=val, x="step", y="loss", hue=hue, errorbar=("ci", 95), ax=ax, marker="o",
                  markersize=3, style=style, palette=PALETTE[:val[hue].nunique()])
+    _legend_below(ax, style)
     groups = [hue, style] if style else [hue]
     ax.set(ylabel="validation loss, teacher-forced (nats/token)",
            title=f"validation loss by {hue}" + (f" (mask={mask})" if mask else "")
            + f"\n{SEED_BAND}, {_seeds(val, groups)}")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
 
@@ -280,11 +293,12 @@ def position_shift(runs, path) -> Path | None:
     long["shift"] = long["variable"].str.rsplit("_", n=1).str[1].astype(int)
     zero = long[["pos", "seed", "config"]].drop_duplicates().assign(shift=0, delta=0.0)
     long = pd.concat([zero, long[["pos", "seed", "config", "shift", "delta"]]])
-    fig = Figure(figsize=(6.5, 4))
-    ax = fig.subplots()
     style = "config" if long["config"].nunique() > 1 else None
+    fig = _figure(style, long)
+    ax = fig.subplots()
     sns.lineplot(data=long, x="shift", y="delta", hue="pos", style=style,
                  errorbar=("ci", 95), marker="o", ax=ax, palette=PALETTE[:long["pos"].nunique()])
+    _legend_below(ax, style)
     ax.axhline(0.0, color="grey", lw=1, ls="--")
     ax.set(xlabel="steps added to every token's step (the shift k)",
            ylabel="loss change (nats/token)",
@@ -292,7 +306,6 @@ def position_shift(runs, path) -> Path | None:
                  f"{SEED_BAND}, {_seeds(long, ['pos', style] if style else ['pos'])}")
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
 
