@@ -21,6 +21,7 @@ METRICS = "metrics.jsonl"
 BINDING = "training_config.json"
 ATTENTION_MAPS = "attention_maps.npz"
 ATTENTION_PNG = "attention_maps.png"  # the rendered maps; the only ones in older folders
+WANDB_RUN = "wandb/run.json"  # the job's wandb run (id, group, project, mode), with logger=wandb
 
 
 def as_float(value) -> float:

@@ -39,8 +39,7 @@ def write_mdx(out_dir, made, figures, runs=None, metrics=None, student=None, dat
     pos = _course_pos(made)
     loss_png = plots.training_curve(metrics, images / "loss_curve.png", pos=pos)
     if loss_png is None:
-        loss_png = _copy(by_name.get("loss_by_pos") or by_name.get("loss_by_mask"),
-                         images / "loss_curve.png")
+        loss_png = _copy(by_name.get("loss_by_pos"), images / "loss_curve.png")
     attention_png = _copy(by_name.get("attention_grid"), images / "attention_maps.png")
     speed_png = _copy(by_name.get("kv_cache_speed"), images / "kv_cache_speed.png")
     pos_png = _copy(by_name.get("loss_by_pos"), images / "loss_by_pos.png")

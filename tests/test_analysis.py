@@ -106,8 +106,10 @@ def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
         assert (out / png).stat().st_size > 5000, png
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "Sinusoidal minus RoPE" in report
-    assert "![Validation loss by mask](loss_by_mask.png)" in report
+    assert "![Validation loss by mask: teacher-forced vs prefix-only](loss_by_mask.png)" in report
     assert "All jobs completed." in report
+    # the sweep did not vary the token layout: no section and no figure comparing layouts
+    assert "## Token layouts" not in report and not (out / "tokens.png").exists()
 
 
 def test_report_made_again_from_its_tables_alone(smoke_sweep, tmp_path):

@@ -91,6 +91,7 @@ def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> t
         # a job stopped while evaluating, re-run: the model is still its own training
         by = read_json(trainer)
         trained_here = train_now or (isinstance(by, dict) and by.get("job") == job.run_dir.name)
+        logger.begin("train" if train_now else "evaluate")
         if train_now:
             write_json(trainer, {"job": job.run_dir.name})  # the job that trained it last
             torch.manual_seed(cfg.seed)
