@@ -34,6 +34,9 @@ def test_prefix_only_loss_and_leakage_separate_the_masks(actions):
     unmasked = evaluate.mask_audit(small_model(causal=False), actions, actions, CPU, 6)
     assert unmasked["leakage"] > 1e-3
     assert abs(unmasked["cheating_gap"]) > 1e-4
+    # prefix-only minus teacher-forced: positive when a model profits from seeing the future
+    assert unmasked["cheating_gap"] == pytest.approx(
+        unmasked["val_loss_prefix_only"] - unmasked["val_loss_teacher_forced"], abs=1e-12)
 
 
 def test_mask_audit_in_bf16_keeps_a_causal_models_gap_at_zero(actions):
