@@ -134,8 +134,9 @@ def _flatten(d, prefix=""):
         elif _is_rows(value):
             labels = _row_labels(value)
             for label, row in zip(labels, value):
-                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]},
-                                    f"{name}/{label}/"))
+                # a row's own nested rows (a KV cell's timed pairs) stay in summary.json
+                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]
+                                     and not _is_rows(v)}, f"{name}/{label}/"))
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[name] = value
     return out
