@@ -136,11 +136,18 @@ def attention_runs(runs) -> list:
         done = runs[(runs["status"] == "completed") & (runs["mask"] == mask)]
         order = done.assign(_rope=done["pos"] != "rope").sort_values(["_rope", "pos", "seed", "job"])
         for run in order.itertuples():
-            if (Path(run.path) / ATTENTION_MAPS).exists() or (
-                    Path(run.path) / ATTENTION_PNG).exists():
+            if (Path(job_folder(run)) / ATTENTION_MAPS).exists() or (
+                    Path(job_folder(run)) / ATTENTION_PNG).exists():
                 picks.append(run)
                 break
     return picks
+
+
+def job_folder(run) -> str:
+    """Where this machine reads a job's files: ``folder`` for jobs read from their sweep,
+    else the tables' relative ``path`` (found only from where it is relative to)."""
+    folder = getattr(run, "folder", None)
+    return folder if isinstance(folder, str) else run.path
 
 
 def load_attention(run_path) -> list | None:
@@ -169,7 +176,7 @@ def attention_grid(runs, path) -> Path | None:
     picks = attention_runs(runs)
     if not picks:
         return None
-    maps = [load_attention(run.path) for run in picks]
+    maps = [load_attention(job_folder(run)) for run in picks]
     if any(m is None for m in maps):
         return _pasted_grid(picks, path)
     layers = max(len(m) for m in maps)
@@ -207,7 +214,7 @@ def _pasted_grid(picks, path) -> Path:
     fig = Figure(figsize=(7 * len(picks), 6))
     axes = fig.subplots(1, len(picks), squeeze=False)
     for ax, run in zip(axes[0], picks):
-        ax.imshow(imread(Path(run.path) / ATTENTION_PNG))
+        ax.imshow(imread(Path(job_folder(run)) / ATTENTION_PNG))
         ax.set_title(f"mask={run.mask} (pos={run.pos}, seed={run.seed})")
         ax.axis("off")
     fig.tight_layout()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from analysis import plots, tables
 from analysis.collect import load_metrics, load_runs, load_speed
+from analysis.common import sweep_names
 from analysis.datafiles import merge_parts, read_tables, write_data_files
 from analysis.findings import findings
 from analysis.mdx import write_mdx
@@ -31,9 +32,9 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
     tables_dirs = [Path(d) for d in ([from_tables] if isinstance(from_tables, (str, Path))
                                      else from_tables or [])]
     runs, metrics, speed = _collect(sweep_dirs, tables_dirs)
-    live = sweep_dirs
-    if tables_dirs:
-        sweep_dirs = [Path(d) for d in dict.fromkeys(runs["sweep"].astype(str))]
+    # by their names, as the tables give them: a report reads the same on any machine
+    live = list(sweep_names(str(d.resolve()) for d in sweep_dirs).values())
+    sweep_dirs = list(dict.fromkeys(runs["sweep"].astype(str)))
     out.mkdir(parents=True, exist_ok=True)
     log(f"collected {len(runs)} jobs ({(runs['status'] == 'completed').sum()} completed)")
 

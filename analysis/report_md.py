@@ -79,9 +79,13 @@ def report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), live
         tables.to_markdown(made["mask_audit"]),
         "## KV cache", "",
         "Each job timed cached and uncached greedy generation alternately on its own trained "
-        "model, in one process; a model's speed-up is the median over its pairs. The table "
-        "gives, per training configuration, batch size and number of new tokens, the median "
-        "over models with a 95% percentile-bootstrap interval and the range. `timed_alone` is "
+        "model, in one process, after an untimed warm-up at each cell. Per job: the median of "
+        "its pairs' ratios (each pair's order and two times are in the job's summary.json); "
+        "per model: the median of its jobs' (the mean of two). The table gives, per training "
+        "configuration, batch size and number of new tokens, the median over models with a "
+        "95% percentile-bootstrap interval and the range. The computation does not depend on "
+        "the weights, so the interval describes the timing reproducibility of this host on "
+        "that day over the cell's `jobs`, not a spread of models. `timed_alone` is "
         "false where jobs ran in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
         "a step's action, generated after that step's state tokens from the data.",
         "", tables.to_markdown(made["kv_cache"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -219,8 +220,9 @@ def _flatten(d, prefix=""):
         elif _is_rows(value):
             labels = _row_labels(value)
             for label, row in zip(labels, value):
-                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]},
-                                    f"{name}/{label}/"))
+                # a row's own nested rows (a KV cell's timed pairs) stay in summary.json
+                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]
+                                     and not _is_rows(v)}, f"{name}/{label}/"))
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[name] = value
     return out
@@ -252,8 +254,13 @@ def _row_tables(d, prefix="") -> dict:
             out.update(_row_tables(value, f"{name}/"))
         elif _is_rows(value):
             columns = list(dict.fromkeys(k for row in value for k in row))
-            out[name] = (columns, [[row.get(c) for c in columns] for row in value])
+            # nested rows (a KV cell's timed pairs) as JSON text: a table cell holds a value
+            out[name] = (columns, [[_cell(row.get(c)) for c in columns] for row in value])
     return out
+
+
+def _cell(value):
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def make_logger(cfg, run_dir, hc, axes) -> Logger:
