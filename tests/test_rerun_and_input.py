@@ -9,6 +9,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -171,9 +173,52 @@ def test_a_damaged_inductor_cache_is_mended_and_the_step_compiles(tmp_path, monk
 def test_a_cache_failure_without_a_named_file_gets_a_fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     what = compile_mod.mend_inductor_cache(ImportError("main.so: file too short"))
-    assert "fresh inductor cache" in what
+    assert "a fresh inductor cache" in what
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] != str(tmp_path / "inductor")
     assert compile_mod.mend_inductor_cache(RuntimeError("a shape mismatch")) is None
+    # a compile error of its own, even one naming the cache, is not retried (it falls back)
+    header = f"g++ {tmp_path}/inductor/ab/c.main.cpp -o c.main.so: fatal error: Python.h: missing"
+    assert compile_mod.mend_inductor_cache(RuntimeError(header)) is None
+
+
+COMPILE_SCRIPT = """
+import torch
+from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.training.compile import TrainingStep
+torch.manual_seed(0)
+model = DecoderOnlyTransformer(vocab_size=256, dim=32, num_layers=1, num_heads=4,
+                               ff_hidden_dim=64, max_seq_len=16, dropout=0.0)
+step = TrainingStep(model, compile_it=True, fall_back=True, log=print)
+tokens = torch.randint(0, 256, (2, 8))
+step(tokens, tokens)
+print("compiled", step.compiled)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compile_mod.cpp_compiler() is None, reason="no C++ compiler for inductor")
+def test_a_truncated_so_in_a_private_inductor_cache_is_recovered_from(tmp_path):
+    """The real thing: compile into a private cache, cut its shared objects to 0 bytes (what a
+    kill -9 during the build leaves), and compile again: it mends the cache and compiles, and
+    the run after it compiles from the mended cache without a word."""
+    script = tmp_path / "step.py"
+    script.write_text(COMPILE_SCRIPT)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+
+    def run():
+        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    assert run().stdout.splitlines()[-1] == "compiled True"
+    for path in (tmp_path / "inductor").rglob("*.main.so"):
+        path.write_bytes(b"")
+    mended = run()
+    assert mended.stdout.splitlines()[-1] == "compiled True", mended.stdout + mended.stderr
+    assert "failed on torch's inductor cache" in mended.stdout
+    assert "damaged shared object" in mended.stdout
+    after = run()
+    assert after.stdout.splitlines()[-1] == "compiled True"
+    assert "warning" not in after.stdout
 
 
 # 6 and 9: dataset files

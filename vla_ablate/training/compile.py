@@ -88,27 +88,39 @@ class TrainingStep:
 
 
 # what loading a truncated or half-written shared object from the cache says
-_CACHE_DAMAGE = ("file too short", "invalid ELF header", "cannot open shared object file")
+_CACHE_DAMAGE = ("file too short", "invalid ELF header", "file truncated",
+                 "file format not recognized")
 
 
 def mend_inductor_cache(err) -> str | None:
-    """For a compile error that points at torch's inductor cache: remove the damaged files it
-    names there, or (none named) point the cache at a fresh private folder; say what was done.
-    None: the error is something else."""
+    """For a compile error that points at torch's inductor cache (it names a shared object there,
+    or says one is damaged): remove the damaged shared objects (empty or cut short) from the
+    cache, so later runs build them afresh, and point this run at a fresh private cache
+    (``TORCHINDUCTOR_CACHE_DIR``), which the retry is sure to build in; say what was done.
+    None: the error is something else (a compile error of its own falls back as before)."""
     text = "\n".join(str(e) for e in _chain(err))
     cache = Path(_inductor_cache_dir())
     named = [Path(p) for p in re.findall(r"(/[^\s:'\"]+\.so)\b", text)]
-    damaged = [p for p in named if p.is_relative_to(cache) and p.is_file()]
-    if damaged:
-        for path in damaged:
-            path.unlink()
-        return (f"removed the damaged {', '.join(str(p) for p in damaged[:3])} from the cache "
-                "(a compile killed mid-build leaves one)")
-    if str(cache) in text or any(k in text for k in _CACHE_DAMAGE):
-        fresh = tempfile.mkdtemp(prefix="vla-ablate-inductor-")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
-        return f"using a fresh inductor cache in {fresh} (TORCHINDUCTOR_CACHE_DIR) for this run"
-    return None
+    ours = [p for p in named if p.is_relative_to(cache) and (not p.exists() or _not_elf(p))]
+    if not ours and not any(k in text for k in _CACHE_DAMAGE):
+        return None
+    damaged = [p for p in cache.rglob("*.so") if _not_elf(p)]
+    for path in damaged:
+        path.unlink(missing_ok=True)
+    fresh = tempfile.mkdtemp(prefix="vla-ablate-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
+    removed = (f"removed {len(damaged)} damaged shared object(s) from {cache} (a compile killed "
+               f"mid-build leaves one), e.g. {damaged[0]}; " if damaged else "")
+    return f"{removed}this run builds in a fresh inductor cache, {fresh}"
+
+
+def _not_elf(path: Path) -> bool:
+    """A file that is no shared object: empty or cut short before its header (or not ELF)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) != b"\x7fELF"
+    except OSError:
+        return False
 
 
 def _inductor_cache_dir() -> str:
