@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.common import BINDING, METRICS, SUMMARY, portable_text, sweep_names
+from analysis.common import BINDING, METRICS, SUMMARY, SWEEP_JOBS, portable_text, sweep_names
 
 AXES = ["pos", "mask", "cache", "seed", "tokens"]
 
@@ -35,6 +35,21 @@ def job_folders(sweep_dir) -> list[Path]:
     return sorted(found, key=lambda p: _job_order(p.relative_to(sweep_dir)))
 
 
+def missing_jobs(sweep_dir, found: list[str]) -> list[str]:
+    """The jobs the sweep's own list (``sweep_jobs.json``) names that have no job folder (deleted,
+    or without ``.hydra/``): the report lists them instead of leaving them out silently."""
+    listed = _read_json(Path(sweep_dir) / SWEEP_JOBS) or {}
+    jobs = listed.get("jobs") if isinstance(listed.get("jobs"), list) else []
+    return [str(j) for j in jobs if str(j) not in found]
+
+
+def _axes_from_name(name: str) -> dict:
+    """The axes a job folder's name (its overrides, ``pos=rope,seed=1``) gives."""
+    pairs = dict(p.split("=", 1) for p in name.split(",") if "=" in p)
+    return {k: (int(pairs[k]) if k == "seed" and pairs[k].isdigit() else pairs[k])
+            for k in AXES if k in pairs}
+
+
 def job_name(sweep_dir, job: Path) -> str:
     """A job's name in the tables: its folder relative to the sweep folder."""
     return "." if job == Path(sweep_dir) else job.relative_to(sweep_dir).as_posix()
@@ -45,10 +60,17 @@ def _job_order(rel: Path):
 
 
 def _read_json(path: Path):
+    """A JSON object's content, or None for a file that is missing, unreadable or not an object
+    (a summary or binding that is a list or a number is no summary)."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):  # ValueError: bad JSON or bytes that are not text
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _object(value) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _axes_from_hydra(job: Path) -> dict:
@@ -207,10 +229,10 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             row["data_varies_with_seed"] = bool(data.get("vary_with_seed")) and not data.get("path")
             # one name per figure: the summary's own keys
             for group in ("mask_audit", "position_shift", "extrapolation"):
-                for key, value in (s.get(group) or {}).items():
+                for key, value in _object(s.get(group)).items():
                     row[key] = value
-            kv = s.get("kv_cache") or {}
-            consistency = kv.get("consistency") or {}
+            kv = _object(s.get("kv_cache"))
+            consistency = _object(kv.get("consistency"))
             row["kv_matches"] = consistency.get("matches")
             # the greedy decodes parted at a near-tie (matches held within the tolerance)
             row["kv_greedy_tie"] = consistency.get("greedy_tie", False)
@@ -219,6 +241,12 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             row["error"] = portable_text(row["error"], where, name)
             row["folder"] = str(job)
             rows.append(row)
+        for missing in missing_jobs(sweep, [r["job"] for r in rows if r["sweep"] == name]):
+            configs.append({})
+            rows.append({"sweep": name, "job": missing, "path": f"{name}/{missing}",
+                         "status": "missing", "tokens": "action", **_axes_from_name(missing),
+                         "overrides": missing.replace(",", " "),
+                         "folder": str(Path(sweep) / missing)})
     runs = pd.DataFrame(rows)
     if not runs.empty:
         # what each row's labels are made from, kept so that rows read at different times (a
@@ -259,9 +287,11 @@ def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
         records = []
         for line in path.read_text().splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(record, dict):  # a line of valid JSON that is no record: skipped
+                records.append(record)
         if records:
             df = pd.DataFrame(records)
             if "action_loss" in df:  # tokens=state_action: the comparable figure is "loss"
@@ -281,9 +311,9 @@ def load_speed(sweep_dirs) -> pd.DataFrame:
     for sweep in _as_list(sweep_dirs):
         for job in job_folders(sweep):
             s = _read_json(job / SUMMARY) or {}
-            kv = s.get("kv_cache") or {}
+            kv = _object(s.get("kv_cache"))
             for r in kv.get("speed") or []:
-                if "speedup" not in r:
+                if not isinstance(r, dict) or "speedup" not in r:
                     continue  # an unpaired measurement from an older version: not comparable
                 if "pairs" in r:  # every timed pair (order and both times), as JSON text
                     r = {**r, "pairs": json.dumps(r["pairs"])}

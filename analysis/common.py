@@ -25,6 +25,8 @@ BINDING = "training_config.json"
 ATTENTION_MAPS = "attention_maps.npz"
 ATTENTION_PNG = "attention_maps.png"  # the rendered maps; the only ones in older folders
 WANDB_RUN = "wandb/run.json"  # the job's wandb run (id, group, project, mode), with logger=wandb
+# in a sweep folder: the job folders its launches ran (vla_ablate/runfolder.py, SWEEP_JOBS)
+SWEEP_JOBS = "sweep_jobs.json"
 
 
 def as_float(value) -> float:

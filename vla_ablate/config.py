@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,13 @@ if not OmegaConf.has_resolver("vla_job_dir"):
     OmegaConf.register_new_resolver("vla_job_dir", job_dir_name)
 
 
+def resolve_data_path(cfg) -> None:
+    """``data.path`` made absolute: a folder is bound to the file, not to a path relative to the
+    working directory (the job and the sweep's checks compare the same value)."""
+    if cfg.data.path is not None:
+        cfg.data.path = str(Path(cfg.data.path).resolve())
+
+
 def check_batch_fits(batch_size: int, n_train: int) -> None:
     if batch_size > n_train:
         raise ConfigError(
@@ -210,7 +218,7 @@ def validate(cfg: Any) -> TokenLayout:
     checks = [
         (t.optimizer in OPTIMIZERS,
          f"train.optimizer must be {' or '.join(OPTIMIZERS)}, got '{t.optimizer}'"),
-        (t.lr > 0, f"train.lr must be > 0, got {t.lr}"),
+        (0 < t.lr < math.inf, f"train.lr must be > 0 and finite, got {t.lr}"),
         (0 <= t.min_lr <= t.lr, f"train.min_lr must lie in [0, train.lr], got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
@@ -275,6 +283,14 @@ def _check_data(cfg: Any) -> None:
 def _check_eval(cfg: Any, layout: TokenLayout) -> None:
     """The evaluations' lengths, in steps (a step is the layout's tokens per step)."""
     d, m, e = cfg.data, cfg.model, cfg.eval
+    for key in ("audit_trajectories", "shift_trajectories", "extrapolation_trajectories",
+                "gen_repeats"):  # zero would leave an evaluation without anything to measure
+        if e[key] < 1:
+            raise ConfigError(f"eval.{key} must be >= 1, got {e[key]} (eval.enabled=false "
+                              "skips the evaluations)")
+    for key in ("gen_batch_sizes", "gen_new_tokens"):  # a speed row of no work is no result
+        if any(v < 1 for v in e[key]):
+            raise ConfigError(f"eval.{key} must all be >= 1, got {list(e[key])}")
     longest = d.seq_length * max(e.extrapolation_factors, default=1)
     if longest > m.max_seq_len:
         raise ConfigError(

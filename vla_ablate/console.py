@@ -96,7 +96,9 @@ class ConsoleFormatter(logging.Formatter):
 def one_line(report: str, argv=None) -> str:
     """Hydra's multi-line error report (or a traceback it printed) as one line."""
     if "Traceback (most recent call last)" in report:
-        last = [line.strip() for line in report.splitlines() if line.strip()][-1]
+        lines = [line.strip() for line in report.splitlines() if line.strip()]
+        # the exception's own line, not Hydra's HYDRA_FULL_ERROR hint printed after it
+        last = ([line for line in lines if not line.startswith(_NOISE)] or lines)[-1]
         return f"error: {_explain(last, sys.argv[1:] if argv is None else argv)}"
     parts, options = [], []
     collecting = False

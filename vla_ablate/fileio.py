@@ -53,10 +53,10 @@ def atomic_torch_save(obj, path) -> None:
 
 
 def write_json(path, obj) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    atomic_write(path, (json.dumps(obj, indent=2, default=json_default) + "\n").encode())
 
 
-def _json_default(value):
+def json_default(value):
     if hasattr(value, "item"):
         return value.item()
     if isinstance(value, Path):
@@ -65,4 +65,4 @@ def _json_default(value):
 
 
 def json_line(record) -> str:
-    return json.dumps(record, default=_json_default) + "\n"
+    return json.dumps(record, default=json_default) + "\n"

@@ -15,6 +15,9 @@ def pick_device(name: str) -> torch.device:
     if name != "auto":
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"train.device={name} but CUDA is not available")
+        mps = getattr(torch.backends, "mps", None)
+        if name == "mps" and not (mps and mps.is_available()):
+            raise ConfigError("train.device=mps but MPS (Apple's GPU backend) is not available")
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,25 +24,34 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from vla_ablate import pipeline
-from vla_ablate.config import model_key, training_config, validate
+from vla_ablate.config import model_key, resolve_data_path, training_config, validate
 from vla_ablate.console import error, log
 from vla_ablate.data.tokens import TokenLayout
 from vla_ablate.errors import ConfigError
 from vla_ablate.factory import model_args_from_config
 from vla_ablate.host import pick_device
+from vla_ablate.locks import job_folder_lock
 from vla_ablate.loggers import Logger, make_logger
 from vla_ablate.precision import resolve_precision
 from vla_ablate.runfolder import (
+    ATTEMPT,
+    BINDING,
+    CHECKPOINTS,
     ERROR_LOG,
     SUMMARY,
     bind_check,
     bind_folder,
     code_version,
+    differences,
+    json_text,
     read_json,
+    record_file,
     restore_hydra_files,
     running_summary,
+    unbind_folder,
     write_summary,
 )
+from vla_ablate.training.checkpoint import Checkpoints
 from vla_ablate.training.signals import JobInterrupted, TrainingInterrupted, stop_on_signals
 from vla_ablate.training.signals import signals_stop_the_job as stops_the_job
 
@@ -66,6 +75,7 @@ class Job:
     model_args: dict
     training: dict  # the training config the folder is bound to (config.training_config)
     key: str  # the model's name (config.model_key)
+    data: dict | None = None  # the dataset file's content (data.path), read and checked
 
 
 def axes_of(cfg) -> dict:
@@ -84,8 +94,10 @@ def resolve(cfg, run_dir: Path, multirun: bool) -> Job:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     training = training_config(cfg, device, precision)
+    # a data file is read and checked here, before the folder is bound (a bad file binds nothing)
+    data = pipeline.read_file(cfg, layout) if cfg.data.path is not None else None
     return Job(run_dir, multirun, axes_of(cfg), device, precision, why, layout,
-               model_args_from_config(cfg, layout), training, model_key(cfg, training))
+               model_args_from_config(cfg, layout), training, model_key(cfg, training), data)
 
 
 def run_job(cfg) -> dict:
@@ -93,23 +105,55 @@ def run_job(cfg) -> dict:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    if cfg.data.path is not None:  # bound to the file, not to a path relative to the cwd
-        cfg.data.path = str(Path(cfg.data.path).resolve())
-    try:  # before anything is written: a bad config or another folder's settings
-        job = resolve(cfg, run_dir, multirun)
-        bind_check(run_dir, job.training)
-    except ConfigError as err:
-        return refuse(run_dir, axes_of(cfg), err, multirun)
-    if multirun and (done := completed_before(run_dir)) is not None:
-        restore_hydra_files(run_dir)  # the folder keeps describing the launch that ran it
-        return done
-    bind_folder(run_dir, job.training)
-    with recorded(cfg, job, hc) as record:
-        record["logger"] = make_logger(cfg, run_dir, hc, job.axes)
-        record["summary"] = pipeline.execute(cfg, job, record["logger"])
+    resolve_data_path(cfg)
+    with ExitStack() as held:
+        try:  # before anything is written: a bad config or data file, another folder's settings
+            job = resolve(cfg, run_dir, multirun)
+            bind_check(run_dir, job.training)
+            check_unbound_model(run_dir, job)
+            held.enter_context(job_folder_lock(run_dir))  # one process per folder
+        except ConfigError as err:
+            return refuse(run_dir, axes_of(cfg), err, multirun)
+        if multirun and (done := completed_before(run_dir)) is not None:
+            restore_hydra_files(run_dir)  # the folder keeps describing the launch that ran it
+            return done
+        was_bound = (run_dir / BINDING).exists()
+        bind_folder(run_dir, job.training)
+        record = {}
+        try:
+            with recorded(cfg, job, hc) as record:
+                record["logger"] = make_logger(cfg, run_dir, hc, job.axes)
+                record["summary"] = pipeline.execute(cfg, job, record["logger"])
+        finally:
+            if not was_bound and not trained_anything(run_dir, record.get("summary") or {}):
+                unbind_folder(run_dir)  # a failed attempt that trained nothing binds nothing
     if record["code"] and not multirun:
         sys.exit(record["code"])
     return record["summary"]
+
+
+def trained_anything(run_dir: Path, summary: dict) -> bool:
+    """Whether a job got as far as a training result (its own checkpoints, or a summary with the
+    model's steps): its folder then stays bound to the settings it was trained with."""
+    folder = run_dir / CHECKPOINTS
+    return "steps" in summary or (folder.is_dir() and any(folder.iterdir()))
+
+
+def check_unbound_model(run_dir: Path, job: Job) -> None:
+    """A folder without ``training_config.json`` (written by an older version) that holds a
+    model: its checkpoint's own ``model_args`` must be the job's, or the job would label that
+    model's numbers with other settings (``ConfigError``)."""
+    if (run_dir / BINDING).exists() or not (run_dir / CHECKPOINTS).is_dir():
+        return
+    state = Checkpoints(run_dir / CHECKPOINTS, keep=0, log=log).latest_valid()
+    if state is None:
+        return
+    diff = differences(state["model_args"], job.model_args)
+    if diff:
+        raise ConfigError(f"{run_dir} holds a model trained with other settings (its checkpoint's "
+                          f"model_args: {', '.join(diff[:6])}) and no {BINDING} (an older "
+                          "version's folder); repeat its settings, or give a new folder "
+                          "(hydra.run.dir=...)")
 
 
 @contextmanager
@@ -121,12 +165,18 @@ def recorded(cfg, job: Job, hc):
     message, and an unexpected error's traceback goes to ``error.log``. A SIGTERM or Ctrl-C
     stops the work at once; one that comes while the job is recorded waits for the record, and
     an interrupted job then exits (which stops a sweep too; the checkpoint is saved).
+
+    A folder whose summary says ``completed`` keeps it until this attempt completes too: the
+    attempt's ``running`` and final records go to ``last_attempt.json`` beside it. A record that
+    cannot be written (a full disk) is one line on stderr, never a traceback.
     """
     run_dir = job.run_dir
     earlier = _earlier_wall_time(run_dir)  # earlier sittings in this folder (a resumed run)
+    kept = (read_json(run_dir / SUMMARY) or {}).get("status") == "completed"
     stamp = {"launch_id": os.environ.get(LAUNCH_ENV), **code_version()}
     # the earlier sittings' time stays on record should this one be killed (kill -9)
-    write_summary(run_dir, {**running_summary(job.axes), **stamp, "wall_time_total_s": earlier})
+    _write_record(run_dir, {**running_summary(job.axes), **stamp, "wall_time_total_s": earlier},
+                  kept)
     t0 = time.time()
     record = {"logger": Logger(), "summary": {}, "code": 1}
     status, message, signum = "failed", None, None
@@ -146,21 +196,41 @@ def recorded(cfg, job: Job, hc):
             log(f"interrupted; to resume: {resume_command(hc, run_dir, job.multirun)}")
         except Exception as err:  # noqa: BLE001 - recorded as the job's status
             message = f"{type(err).__name__}: {err}".splitlines()[0]
-            (run_dir / ERROR_LOG).write_text(traceback.format_exc())
-            error(f"{message} (traceback in {run_dir / ERROR_LOG})")
+            why = record_file(run_dir / ERROR_LOG, traceback.format_exc().encode())
+            error(f"{message} (traceback in {run_dir / ERROR_LOG})" if why is None else
+                  f"{message} (its traceback could not be written: {why})")
         finally:
             record["code"] = (128 + signum if status == "interrupted"
                               else EXIT_CODES.get(status, 1))
             summary = _final_summary(cfg, job, record["summary"], stamp, status, message,
                                      time.time() - t0, earlier)
             record["summary"] = summary
-            write_summary(run_dir, summary)
-            record["logger"].log_summary(summary)
-            record["logger"].finish(exit_code=record["code"])
+            _write_record(run_dir, summary, kept)
+            try:
+                record["logger"].log_summary(summary)
+                record["logger"].finish(exit_code=record["code"])
+            except OSError as err:  # a full disk: the summary above is the record
+                error(f"the logger could not record the job ({err.strerror or err})")
             if status == "interrupted":
                 stop["signum"] = None  # it exits 128 + signum below
     if status == "interrupted":
         sys.exit(128 + signum)
+
+
+def _write_record(run_dir: Path, summary: dict, keep_completed: bool) -> None:
+    """Write ``summary`` to summary.json, or beside a completed run's summary (``ATTEMPT``) where
+    ``keep_completed`` and this attempt has not completed."""
+    target = run_dir / SUMMARY
+    if keep_completed and summary.get("status") != "completed":
+        target = run_dir / ATTEMPT
+        if summary.get("status") != "running":
+            log(f"{run_dir / SUMMARY} keeps the completed run's results; this attempt "
+                f"({summary.get('status')}) is recorded in {target}")
+    elif (run_dir / ATTEMPT).exists():
+        (run_dir / ATTEMPT).unlink()
+    why = record_file(target, json_text(summary))
+    if why is not None:
+        error(f"could not record the job's status in {target} ({why})")
 
 
 def _final_summary(cfg, job: Job, summary: dict, stamp: dict, status: str, message, seconds,

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vla_ablate.console import log
-from vla_ablate.runfolder import LOCK, LOCK_DIR
+from vla_ablate.errors import ConfigError
+from vla_ablate.runfolder import JOB_LOCK, LOCK, LOCK_DIR
 
 
 @contextmanager
@@ -46,6 +47,37 @@ def model_lock(folder: Path):
 
 
 _NO_FLOCK = {errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
+
+
+@contextmanager
+def job_folder_lock(folder: Path):
+    """One process per job folder: a second one on the same folder is refused (``ConfigError``)
+    instead of evaluating beside the first and racing it for the summary. Where the file system
+    refuses ``flock``, nothing is locked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / JOB_LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            owner = fh.read().strip()
+            raise ConfigError(f"{folder} is in use by another job that is still running"
+                              f"{f' (process {owner})' if owner else ''}; wait for it to end, "
+                              "or give a new folder (hydra.run.dir=... or hydra.sweep.dir=...)"
+                              ) from None
+        except OSError as err:
+            if err.errno not in _NO_FLOCK:
+                raise
+            yield
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{socket.gethostname()} {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager

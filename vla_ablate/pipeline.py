@@ -56,7 +56,7 @@ def execute(cfg, job, logger: Logger) -> dict:
         log(f"tokens={layout.name}: each step is {', '.join(layout.state)} in {layout.bins} bins "
             f"each, then its action ({layout.per_step} tokens per step, vocabulary "
             f"{layout.vocab_size}); training loss over {layout.loss} tokens")
-    train_actions, val_actions, batches = training_data(cfg, layout)
+    train_actions, val_actions, batches = training_data(cfg, layout, job.data)
     shared = job.multirun and cfg.train.share_models
     train_dir = Path(HydraConfig.get().sweep.dir) / MODELS / job.key if shared else job.run_dir
     log(f"job {job.run_dir} | pos={cfg.pos.name} mask={cfg.mask.name} cache="
@@ -86,7 +86,7 @@ def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> t
     model's lock, unless its folder holds a finished training."""
     with model_lock(train_dir):
         done, trainer = train_dir / TRAIN_DONE, train_dir / TRAINED_BY
-        train_now = not done.exists()
+        train_now = not done.exists() or not _final_weights_readable(train_dir)
         # a job stopped while evaluating, re-run: the model is still its own training
         by = read_json(trainer)
         trained_here = train_now or (isinstance(by, dict) and by.get("job") == job.run_dir.name)
@@ -106,6 +106,19 @@ def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> t
             for record in MetricsFile(train_dir).read():
                 logger.log_metrics(record)
     return result, trained_here
+
+
+def _final_weights_readable(train_dir: Path) -> bool:
+    """Whether a finished training's last.pt reads back. If not, its training is resumed from
+    the newest valid step checkpoint (resuming is exact: the same final weights), rather than
+    evaluating other weights: best.pt holds the best validation step's, which the summary's
+    losses do not describe."""
+    if load_checkpoint(train_dir / CHECKPOINTS / LAST, log=log) is not None:
+        return True
+    log(f"warning: the trained model's last.pt in {train_dir} is unreadable; training it again "
+        "from the newest valid checkpoint to the same final weights")
+    (train_dir / TRAIN_DONE).unlink()
+    return False
 
 
 def summarise(cfg, job, result: dict, train_dir: Path, trained_here: bool, threads: int) -> dict:
@@ -148,11 +161,12 @@ def title(cfg, job) -> str:
             + ("" if tokens == "action" else f" tokens={tokens}"))
 
 
-def training_data(cfg, layout: TokenLayout):
+def training_data(cfg, layout: TokenLayout, data: dict | None = None):
     """(first-epoch training sequences, validation sequences, the ``BatchSource`` of every
     step): functions of the data settings and ``seed`` alone, never of the model's settings,
-    so that pos=rope and pos=sinusoidal at one seed train and validate on the same tokens."""
-    train_actions, val_actions, fresh = load_data(cfg, layout)
+    so that pos=rope and pos=sinusoidal at one seed train and validate on the same tokens.
+    ``data``: the file's content where the job read it already."""
+    train_actions, val_actions, fresh = load_data(cfg, layout, data)
     return train_actions, val_actions, BatchSource(train_actions, cfg.train.batch_size,
                                                    cfg.seed, fresh)
 
@@ -164,7 +178,7 @@ def initial_model(cfg, model_args: dict) -> DecoderOnlyTransformer:
     return DecoderOnlyTransformer(**model_args)
 
 
-def load_data(cfg, layout: TokenLayout | None = None):
+def load_data(cfg, layout: TokenLayout | None = None, data: dict | None = None):
     """(first-epoch training sequences, validation sequences, epoch -> sequences or None).
 
     The sequences are the token layout's (``tokens``): the action tokens themselves with
@@ -174,11 +188,12 @@ def load_data(cfg, layout: TokenLayout | None = None):
     every seed of a study is scored on the same trajectories. Generated training trajectories
     vary with ``seed`` when ``data.vary_with_seed`` (so a study's seeds cover the data too), and
     are drawn afresh every epoch when ``data.fresh_per_epoch``. A file is used as it is, for
-    every epoch.
+    every epoch. ``data``: the file's content where the job read it already (``read_file``).
     """
     d = cfg.data
     layout = layout_of(cfg) if layout is None else layout
-    data = read_file(cfg, layout) if d.path is not None else generated(cfg)
+    if data is None:
+        data = read_file(cfg, layout) if d.path is not None else generated(cfg)
     try:
         train_idx, val_idx = split_indices(len(data["actions"]), d.train_split)
     except ValueError as err:
@@ -209,7 +224,8 @@ def generated(cfg) -> dict:
 
 
 def read_file(cfg, layout: TokenLayout) -> dict:
-    """The dataset file ``data.path``, checked against the model and the layout."""
+    """The dataset file ``data.path``, checked against the model, the layout and the split (every
+    problem a ``ConfigError``: the job reads it before its folder is bound)."""
     d = cfg.data
     try:
         data = load_dataset(d.path)
@@ -224,6 +240,14 @@ def read_file(cfg, layout: TokenLayout) -> dict:
         raise ConfigError(f"{d.path} holds states of {data['states'].shape[-1]} values; "
                           f"tokens=state_action needs the course's {STATE_DIM} (7 joint "
                           "angles, then the end effector's x, y, z)")
+    if layout.state and not torch.isfinite(data["states"]).all():  # their bins would be garbage
+        raise ConfigError(f"{d.path} holds states that are NaN or infinite; tokens=state_action "
+                          "quantises every state value")
+    try:
+        train_idx, _ = split_indices(n, d.train_split)
+    except ValueError as err:
+        raise ConfigError(f"{d.path}: {err}") from None
+    check_batch_fits(cfg.train.batch_size, len(train_idx))
     log(f"loaded {n} trajectories of {length} steps from {d.path} "
         "(data.num_trajectories and data.seq_length do not apply)")
     return data

@@ -15,7 +15,11 @@ A job folder holds:
   causal-vs-no-mask figure from these.
 - ``training_config.json``: the training config the folder is bound to (see ``bind_folder``);
 - ``train_done.json`` and ``trained_by.json`` beside ``checkpoints/`` where the model was
-  trained; ``error.log``: the traceback of a job that failed unexpectedly.
+  trained; ``error.log``: the traceback of a job that failed unexpectedly;
+- ``last_attempt.json``: a later attempt in a completed run's folder that did not complete
+  (``summary.json`` keeps the completed results); ``.job.lock``: held by the running job.
+
+A sweep folder holds ``sweep_jobs.json``: every job folder its launches ran.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 
 from vla_ablate._version import __version__
 from vla_ablate.errors import ConfigError
-from vla_ablate.fileio import atomic_write, json_line, write_json
+from vla_ablate.fileio import atomic_write, json_default, json_line, write_json
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -44,6 +48,8 @@ LOSS_CURVE_PNG = "loss_curve.png"
 ATTENTION_MAPS_PNG = "attention_maps.png"
 BINDING = "training_config.json"
 ERROR_LOG = "error.log"
+ATTEMPT = "last_attempt.json"  # a later attempt that did not complete, beside a completed run
+JOB_LOCK = ".job.lock"  # held by the process running the folder's job
 HYDRA = ".hydra"
 JOB_CONFIG = f"{HYDRA}/config.yaml"  # the composed config a job ran with
 WANDB = "wandb"  # the wandb logger's offline run and caches
@@ -51,6 +57,7 @@ WANDB_RUN = "run.json"  # in wandb/: the job's wandb run (id, group, project, mo
 _HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 # where a model is trained: the job folder, or <sweep>/models/<key>/ for a shared one
 MODELS = "models"
+SWEEP_JOBS = "sweep_jobs.json"  # in a sweep folder: {"jobs": [every job folder, relative]}
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # the resumable state at the newest save
 BEST = "best.pt"  # the weights at the best validation loss
@@ -75,9 +82,11 @@ class MetricsFile:
         records = []
         for line in self.path.read_text().splitlines():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill: drop it
                 continue
+            if isinstance(record, dict):
+                records.append(record)
         return records
 
     def truncate(self, step: int) -> list[dict]:
@@ -103,6 +112,31 @@ def read_json(path: Path):
 
 def write_summary(folder, summary: dict) -> None:
     write_json(Path(folder) / SUMMARY, summary)
+
+
+def json_text(obj) -> bytes:
+    return (json.dumps(obj, indent=2, default=json_default) + "\n").encode()
+
+
+def record_file(path: Path, data: bytes) -> str | None:
+    """Write a job's record: atomically, else (a full disk has no room for the temporary copy)
+    over the file in place. Returns None, or why neither worked."""
+    try:
+        atomic_write(path, data)
+        return None
+    except OSError:
+        pass
+    try:
+        with open(path, "wb") as fh:
+            fh.write(data)
+        return None
+    except OSError as err:
+        return err.strerror or str(err)
+
+
+def unbind_folder(folder) -> None:
+    """Undo ``bind_folder`` (a failed attempt that trained nothing)."""
+    (Path(folder) / BINDING).unlink(missing_ok=True)
 
 
 def running_summary(axes: dict) -> dict:

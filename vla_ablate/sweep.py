@@ -26,11 +26,12 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from vla_ablate.config import training_config, validate
+from vla_ablate.config import resolve_data_path, training_config, validate
 from vla_ablate.console import one_line, report
 from vla_ablate.errors import ConfigError
+from vla_ablate.fileio import write_json
 from vla_ablate.job import LAUNCH_ENV
-from vla_ablate.runfolder import SUMMARY, bind_check
+from vla_ablate.runfolder import SUMMARY, SWEEP_JOBS, bind_check, read_json
 
 FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
 
@@ -40,10 +41,11 @@ class SweepChecks(Callback):
         os.environ[LAUNCH_ENV] = uuid.uuid4().hex  # inherited by the launchers' workers
         cache_outermost(config)
         storage_folder(config)
-        problems = check_jobs(config)
+        problems, folders = checked_jobs(config)
         if problems:
             report(problems)
             sys.exit(2)
+        list_jobs(Path(config.hydra.sweep.dir), folders)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         FAILED[:] = failed_jobs(Path(config.hydra.sweep.dir), os.environ.get(LAUNCH_ENV))
@@ -87,12 +89,32 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
+def list_jobs(sweep_dir: Path, folders: list[Path]) -> None:
+    """Record the sweep's job folders in ``sweep_jobs.json`` (with those of earlier launches in
+    the same folder), so the analysis can name a job whose folder is missing."""
+    if not folders:
+        return
+    path = sweep_dir / SWEEP_JOBS
+    listed = read_json(path)
+    jobs = list(listed.get("jobs") or []) if isinstance(listed, dict) else []
+    for folder in folders:
+        name = os.path.relpath(folder, sweep_dir)
+        if name not in jobs:
+            jobs.append(name)
+    write_json(path, {"jobs": jobs})
+
+
 def check_jobs(config: DictConfig) -> list[str]:
     """One ``error: ...`` line per problem found in any job (empty: every job can run)."""
+    return checked_jobs(config)[0]
+
+
+def checked_jobs(config: DictConfig) -> tuple[list[str], list[Path]]:
+    """(``check_jobs``'s lines, every job's folder)."""
     from hydra.core.global_hydra import GlobalHydra
 
     if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
-        return []  # another sweeper chooses its jobs as it goes
+        return [], []  # another sweeper chooses its jobs as it goes
     loader = GlobalHydra.instance().config_loader()
     found: dict[str, list[str]] = defaultdict(list)
     folders: dict[Path, str] = {}
@@ -114,6 +136,7 @@ def check_jobs(config: DictConfig) -> list[str]:
         folders[folder] = name
         task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
         try:
+            resolve_data_path(task)  # as the job itself binds it
             validate(task)
             bind_check(folder, training_config(task))
         except ConfigError as err:
@@ -124,7 +147,7 @@ def check_jobs(config: DictConfig) -> list[str]:
             f" (job{'s' if len(names) > 1 else ''} {'; '.join(names[:3])}"
             f"{f' and {len(names) - 3} more' if len(names) > 3 else ''})")
         lines.append(f"error: {message}{where}")
-    return lines
+    return lines, list(folders)
 
 
 def failed_jobs(sweep_dir: Path, launch_id: str | None) -> list[str]:
@@ -135,6 +158,6 @@ def failed_jobs(sweep_dir: Path, launch_id: str | None) -> list[str]:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if summary.get("launch_id") == launch_id and summary.get("status") != "completed":
+        if isinstance(summary, dict) and summary.get("launch_id") == launch_id and summary.get("status") != "completed":
             failed.append(str(path.parent))
     return failed

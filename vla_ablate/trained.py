@@ -29,10 +29,16 @@ def resolve_checkpoint(path) -> Path:
         raise CommandError(f"no such checkpoint: {path}")
     folders = [path, path / CHECKPOINTS]
     summary = read_json(path / SUMMARY)  # a sweep job: its model lives in models/<key>/
-    if summary and summary.get("model_dir"):  # absolute, or relative to where the sweep ran
-        folders.append(Path(summary["model_dir"]) / CHECKPOINTS)
-    if summary and summary.get("model_key"):  # beside the job, wherever the sweep was run from
-        folders.append(path.parent / MODELS / str(summary["model_key"]) / CHECKPOINTS)
+    summary = summary if isinstance(summary, dict) else {}
+    # a run folder is not trusted to steer reads: only its own sweep's models/<key>/ is followed
+    # (a summary could name any folder on the machine)
+    models = (path.parent / MODELS).resolve()
+    shared = [Path(summary["model_dir"])] if isinstance(summary.get("model_dir"), str) else []
+    if isinstance(summary.get("model_key"), str):
+        shared.append(path.parent / MODELS / summary["model_key"])
+    for folder in shared:
+        if folder.resolve().parent == models:
+            folders.append(folder / CHECKPOINTS)
     for folder in folders:
         for name in (LAST, BEST):
             if (folder / name).is_file():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vla_ablate.data.process import VOCAB_SIZE, generate_dataset
-from vla_ablate.errors import DataError, first_line
+from vla_ablate.errors import DataError, first_line, safe_load_reason
 from vla_ablate.fileio import atomic_write
 
 FORMAT_VERSION = 1
@@ -122,8 +122,11 @@ def load_dataset(path):
                 raw = _ArraysOnlyUnpickler(fh).load()
     except _Refused as err:
         raise DataError(f"refusing to load {path}: {err}") from None
+    except MemoryError:  # a length field that claims more than the machine has
+        raise DataError(f"cannot read dataset file {path}: it claims more memory than this "
+                        "machine has (a damaged or crafted file)") from None
     except Exception as err:  # noqa: BLE001 - any parser failure means a corrupt file
-        msg = first_line(err)
+        msg = safe_load_reason(err)  # never torch's advice to load it unsafely
         raise DataError(f"cannot read dataset file {path}: {msg}") from None
     return _normalise(raw, path)
 
@@ -146,13 +149,33 @@ def _normalise(raw, path):
             f"{path} has keys {sorted(map(str, raw))}; expected states/actions "
             "or trajectories/tokenized"
         )
-    states = torch.as_tensor(np.asarray(states), dtype=torch.float32)
-    actions = torch.as_tensor(np.asarray(actions))
+    states, actions = _array(states, "states", path), _array(actions, "actions", path)
     if actions.ndim != 2 or states.ndim != 3 or states.shape[:2] != actions.shape:
         raise DataError(
             f"{path}: expected states (N,T,D) and actions (N,T), got "
             f"{tuple(states.shape)} and {tuple(actions.shape)}"
         )
-    if actions.is_floating_point() or actions.min() < 0 or actions.max() >= VOCAB_SIZE:
-        raise DataError(f"{path}: actions must be integer tokens in [0, {VOCAB_SIZE})")
-    return {"states": states, "actions": actions.long()}
+    if len(actions) == 0:
+        raise DataError(f"{path} holds no trajectories")
+    if states.dtype.kind not in "iuf":
+        raise DataError(f"{path}: states must be real numbers, got dtype {states.dtype}")
+    # bool tokens would be read as 0/1 without a word; floats, complex or objects are no tokens
+    if actions.dtype.kind not in "iu":
+        raise DataError(f"{path}: actions must be integer tokens in [0, {VOCAB_SIZE}), got "
+                        f"dtype {actions.dtype}")
+    # compared as Python ints: in the array's own dtype 256 wraps (uint8, int8)
+    if int(actions.min()) < 0 or int(actions.max()) >= VOCAB_SIZE:
+        raise DataError(f"{path}: actions must be integer tokens in [0, {VOCAB_SIZE}), got "
+                        f"{int(actions.min())}..{int(actions.max())}")
+    return {"states": torch.as_tensor(states.astype(np.float32)),
+            "actions": torch.as_tensor(actions.astype(np.int64))}
+
+
+def _array(value, name: str, path) -> np.ndarray:
+    """``value`` (an array, a tensor or nested lists) as a numpy array, or a ``DataError``."""
+    if isinstance(value, torch.Tensor):
+        value = (value.float() if value.dtype == torch.bfloat16 else value).detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as err:  # ragged lists, objects numpy cannot stack
+        raise DataError(f"{path}: {name} is not a rectangular array ({first_line(err)})") from None

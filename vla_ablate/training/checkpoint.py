@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vla_ablate.errors import first_line
+from vla_ablate.errors import first_line, safe_load_reason
 from vla_ablate.fileio import atomic_torch_save
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.runfolder import BEST, LAST, STEP_CHECKPOINT, step_checkpoint
@@ -106,11 +106,13 @@ def read_checkpoint(path) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         names = pickle_globals(path)
-        what = (f"it names {', '.join(repr(n) for n in names[:3])}" if names else
-                "torch's safe loader rejects what it holds")
-        raise CheckpointError(f"refusing to load {path}: {what}, which a checkpoint never holds "
-                              "(read with torch.load(weights_only=True); nothing in it ran)",
-                              first_line(err)) from None
+        if names:
+            what = f"it names {', '.join(repr(n) for n in names[:3])}, which a checkpoint never holds"
+        else:
+            what = "torch's safe loader refused what it holds"
+        raise CheckpointError(f"refusing to load {path}: {what} (read with "
+                              "torch.load(weights_only=True); nothing in it ran)",
+                              what if names else safe_load_reason(err)) from None
     except Exception as err:  # noqa: BLE001 - any parser failure: not a torch file
         raise CheckpointError(f"{path} is not a vla-ablate checkpoint (torch cannot read it: "
                               f"{first_line(err)})", first_line(err)) from None
@@ -133,13 +135,48 @@ def load_checkpoint(path, log=print):
 
 
 def model_from_state(state: dict) -> DecoderOnlyTransformer:
-    """The model a checkpoint's state describes, with its weights (errors as torch raises them)."""
+    """The model a checkpoint's state describes, with its weights (a ``ValueError`` naming the
+    first weight that does not fit; other errors as torch raises them)."""
     args = dict(state["model_args"])
     if args.get("pos") == "sinusoidal" and "pos_amplitude" not in args:
         args["pos_amplitude"] = 1.0  # written before the matched amplitude: the unit table
+    check_weights_fit(args, state["model"])
     model = DecoderOnlyTransformer(**args)
     model.load_state_dict(state["model"])
     return model
+
+
+# what a model may hold beyond its stored weights (tables and masks of max_seq_len positions)
+_EXTRA_VALUES = 2**24
+
+
+def check_weights_fit(args: dict, weights) -> None:
+    """Raise ``ValueError`` unless ``weights`` are exactly the tensors ``args`` build, checked on
+    torch's meta device (nothing allocated): a file's ``model_args`` cannot make us allocate
+    more than its weights justify (``max_seq_len=1e9``), and a mismatch names its first key."""
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor)
+                                                for t in weights.values()):
+        raise ValueError("its weights are not a dict of tensors")
+    shape_args = {**args, "pos_amplitude": 1.0} if args.get("pos") == "sinusoidal" else args
+    try:
+        with torch.device("meta"):
+            shell = DecoderOnlyTransformer(**shape_args)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise ValueError(f"its model_args build no model ({first_line(err)})") from None
+    expected = shell.state_dict()
+    for key, tensor in expected.items():
+        if key not in weights:
+            raise ValueError(f"no weights for {key}, which its model_args need")
+        if tuple(weights[key].shape) != tuple(tensor.shape):
+            raise ValueError(f"size mismatch for {key}: the file holds "
+                             f"{tuple(weights[key].shape)}, its model_args make {tuple(tensor.shape)}")
+    if extra := [k for k in weights if k not in expected]:
+        raise ValueError(f"weights {extra[0]} that its model_args do not use")
+    stored = sum(t.numel() for t in weights.values())
+    total = sum(t.numel() for t in [*shell.parameters(), *shell.buffers()])
+    if total > 2 * stored + _EXTRA_VALUES:
+        raise ValueError(f"its model_args (max_seq_len={args.get('max_seq_len')}) would allocate "
+                         f"{total:,} values for {stored:,} stored weights")
 
 
 def load_model_from_checkpoint(path, **overrides) -> DecoderOnlyTransformer:
@@ -151,6 +188,7 @@ def load_model_from_checkpoint(path, **overrides) -> DecoderOnlyTransformer:
 def pickle_globals(path: Path) -> list[str]:
     """The functions and classes a pickle (or a torch zip's data.pkl) names, read without running
     it: ``pickletools.genops`` only decodes opcodes. Torch's own rebuild helpers are left out."""
+    names, strings = [], []
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
@@ -158,14 +196,15 @@ def pickle_globals(path: Path) -> list[str]:
                 data = zf.read(member) if member else b""
         else:
             data = Path(path).read_bytes()
-        names, strings = [], []
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            if op.name == "GLOBAL":
-                names.append(arg.replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                names.append(".".join(strings[-2:]))
-            elif isinstance(arg, str):
-                strings.append(arg)
-    except Exception:  # noqa: BLE001 - a damaged pickle: name nothing
-        return []
+        stream = io.BytesIO(data)
+        while stream.tell() < len(data):  # torch's legacy format: several pickles in a row
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a damaged pickle (or raw tensor data after it): stop
+        pass
     return [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections."))]

@@ -4,7 +4,10 @@ first compiled step that falls back to eager where compiling fails (``auto``).""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -55,7 +58,7 @@ class TrainingStep:
         if self._tried:
             return self.fn(*args)
         try:
-            out = self.fn(*args)
+            out = self._first_step(*args)
         except Exception as err:  # torch raises several kinds (BackendCompilerFailed, ...)
             if not self.fall_back:
                 raise
@@ -66,6 +69,76 @@ class TrainingStep:
             out = self.fn(*args)
         self._tried = True
         return out
+
+    def _first_step(self, *args):
+        """The first compiled step; one that fails on a damaged file in torch's inductor cache
+        (a compile killed mid-build leaves a truncated ``.so`` there, which every later run of
+        that shape would load) is compiled once more after the cache is mended."""
+        try:
+            return self.fn(*args)
+        except Exception as err:  # noqa: BLE001 - only inductor-cache failures are retried
+            what = mend_inductor_cache(err)
+            if what is None:
+                raise
+            self.log(f"warning: the compiled first training step failed on torch's inductor "
+                     f"cache ({type(err).__name__}: {_message(err)}); {what}; compiling again")
+        torch._dynamo.reset()
+        self.fn = torch.compile(self.model, dynamic=False)
+        return self.fn(*args)
+
+
+# what loading a truncated or half-written shared object from the cache says
+_CACHE_DAMAGE = ("file too short", "invalid ELF header", "file truncated",
+                 "file format not recognized")
+
+
+def mend_inductor_cache(err) -> str | None:
+    """For a compile error that points at torch's inductor cache (it names a shared object there,
+    or says one is damaged): remove the damaged shared objects (empty or cut short) from the
+    cache, so later runs build them afresh, and point this run at a fresh private cache
+    (``TORCHINDUCTOR_CACHE_DIR``), which the retry is sure to build in; say what was done.
+    None: the error is something else (a compile error of its own falls back as before)."""
+    text = "\n".join(str(e) for e in _chain(err))
+    cache = Path(_inductor_cache_dir())
+    named = [Path(p) for p in re.findall(r"(/[^\s:'\"]+\.so)\b", text)]
+    ours = [p for p in named if p.is_relative_to(cache) and (not p.exists() or _not_elf(p))]
+    if not ours and not any(k in text for k in _CACHE_DAMAGE):
+        return None
+    damaged = [p for p in cache.rglob("*.so") if _not_elf(p)]
+    for path in damaged:
+        path.unlink(missing_ok=True)
+    fresh = tempfile.mkdtemp(prefix="vla-ablate-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
+    removed = (f"removed {len(damaged)} damaged shared object(s) from {cache} (a compile killed "
+               f"mid-build leaves one), e.g. {damaged[0]}; " if damaged else "")
+    return f"{removed}this run builds in a fresh inductor cache, {fresh}"
+
+
+def _not_elf(path: Path) -> bool:
+    """A file that is no shared object: empty or cut short before its header (or not ELF)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) != b"\x7fELF"
+    except OSError:
+        return False
+
+
+def _inductor_cache_dir() -> str:
+    # imported here: torch._inductor takes seconds to import, and only a failed compile needs it
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:  # another torch version: its variable, else a guess
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir()
+    return cache_dir()
+
+
+def _chain(err):
+    """``err`` and the errors it was raised from (torch wraps the ImportError it hit)."""
+    seen = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
 
 
 def compiled(model, mode: str, steps: int, log=print) -> TrainingStep:
