@@ -312,15 +312,15 @@ def test_running_job_is_labelled_by_its_resolved_config(smoke_sweep, tmp_path):
                                                   "host": os.uname().nodename}))
     runs = load_runs(copy)
     assert runs["config"].unique().tolist() == ["default"], runs[["job", "config"]]
-    assert (runs.set_index("path").loc[str(job), "status"]) == "running"
+    assert (runs.set_index("job").loc[job.name, "status"]) == "running"
     # unreadable: Hydra's file it is, unresolved (and without what only a run records, e.g.
     # train.muon_newton_schulz on a host without native bf16), so labelled apart
     (job / "training_config.json").write_text("{not json")
-    labels = load_runs(copy).set_index("path")["config"]
-    assert "train.precision=auto" in labels[str(job)]
-    assert all("train.precision=auto" not in v for k, v in labels.items() if k != str(job))
+    labels = load_runs(copy).set_index("job")["config"]
+    assert "train.precision=auto" in labels[job.name]
+    assert all("train.precision=auto" not in v for k, v in labels.items() if k != job.name)
     (job / "training_config.json").write_text('["a list"]')
-    assert "train.precision=auto" in load_runs(copy).set_index("path")["config"][str(job)]
+    assert "train.precision=auto" in load_runs(copy).set_index("job")["config"][job.name]
 
 
 def test_notebook_executes_headless(smoke_sweep, tmp_path):
