@@ -82,7 +82,7 @@ def _argv(command: str) -> list[str]:
 def test_first_screen_reaches_a_report(tmp_path):
     """Steps 3 and 4 as written, in a fresh folder (a clone's root: nothing there yet), reach
     the report the README shows; step 5 composes. The time from step 3 to report.md is printed
-    (pytest -s), and stays under the README's promise with room for a busy machine."""
+    (pytest -s) and, run alone, stays under 5 minutes with room for a busy machine."""
     steps = first_screen()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
@@ -100,7 +100,8 @@ def test_first_screen_reaches_a_report(tmp_path):
     text = (tmp_path / folder / "report.md").read_text()
     for quoted in re.findall(r"^- (.+?):", readme.split("```text\n")[1].split("```")[0], re.M):
         assert f"- {quoted}:" in text, quoted  # the lines the README quotes, numbers aside
-    assert seconds < 300, seconds
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # under -n the CPU is shared by design
+        assert seconds < 300, seconds
     full = subprocess.run([*_argv(steps[4]), "--cfg", "job"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert full.returncode == 0, full.stderr
