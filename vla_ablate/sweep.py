@@ -36,8 +36,6 @@ from vla_ablate.job import LAUNCH_ENV
 from vla_ablate.runfolder import SUMMARY, bind_check
 
 FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
-
-
 _WATCH: list[JobWatch] = []  # not on the callback: launchers pickle it with every job
 
 
