@@ -1,5 +1,5 @@
 """``python -m analysis SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--target-loss X]
-[--format md|mdx] [--student NAME]``; ``python -m analysis --from-tables DIR`` (the report
+[--format md|mdx] [--student NAME] [--wandb]``; ``python -m analysis --from-tables DIR`` (the report
 made again from an earlier report's data files); or both, ``--from-tables`` repeated and with
 sweep folders, ``--out`` given: a study run in parts, merged into one report."""
 
@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--student", default=None,
                         help="name in the MDX page's front matter and file name (with --format mdx)")
     parser.add_argument("--date", default=None, help="date in the MDX page (default: today)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the tables, plots and report.md to one wandb run in the "
+                             "sweep's group (offline unless the jobs logged online; "
+                             "docs/wandb.md)")
     args = parser.parse_intermixed_args(argv)  # sweep folders before or after options
     if args.format != "mdx" and (args.student or args.date):
         parser.error("--student and --date belong to the MDX page: add --format mdx")
@@ -66,6 +70,10 @@ def main(argv=None) -> int:
         mdx = {"student": args.student, "date": args.date} if args.format == "mdx" else None
         build_report(args.sweep_dirs, out, args.target_loss, mdx=mdx,
                      from_tables=args.from_tables)
+        if args.wandb:
+            from analysis.wandb_run import log_report
+
+            log_report(out, args.sweep_dirs or args.from_tables)
     except ValueError as err:
         if not existed:  # write nothing on failure
             shutil.rmtree(out, ignore_errors=True)

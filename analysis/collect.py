@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.common import BINDING, METRICS, SUMMARY
+from analysis.common import BINDING, METRICS, SUMMARY, portable_text, sweep_names
 
 AXES = ["pos", "mask", "cache", "seed", "tokens"]
 
@@ -179,15 +179,20 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
     training except the seed and the pos/mask axes), so that tables never average runs that
     were trained differently."""
     rows, configs = [], []
+    names = _names(sweep_dirs)
     for sweep in _as_list(sweep_dirs):
+        name, where = names[str(Path(sweep).resolve())], str(Path(sweep).resolve())
         for job in job_folders(sweep):
             summary = _read_json(job / SUMMARY)
             s = summary or {}
             configs.append(_training_config(job, s))
-            row = {"sweep": str(sweep), "job": job_name(sweep, job), "path": str(job),
+            jname = job_name(sweep, job)
+            # sweep and path relative (the sweep folder's name): tables read the same anywhere;
+            # ``folder`` (never written to a data file) is where this machine reads the job
+            row = {"sweep": name, "job": jname, "path": name if jname == "." else f"{name}/{jname}",
                    "status": _status(summary),
                    **_axes_from_hydra(job), **{k: s[k] for k in AXES if k in s},
-                   "overrides": _overrides(job)}
+                   "overrides": portable_text(_overrides(job), where, name)}
             row["tokens"] = row.get("tokens") or "action"
             # the action tokens' loss: the one figure comparable across token layouts (with
             # tokens=action it is val_loss; runs from before the tokens group have only that)
@@ -211,6 +216,8 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             row["kv_greedy_tie"] = consistency.get("greedy_tie", False)
             row["kv_max_logit_diff"] = consistency.get("max_logit_diff")
             row["kv_concurrent_jobs"] = kv.get("concurrent_jobs")
+            row["error"] = portable_text(row["error"], where, name)
+            row["folder"] = str(job)
             rows.append(row)
     runs = pd.DataFrame(rows)
     if not runs.empty:
@@ -246,7 +253,7 @@ def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     frames = []
     runs = load_runs(sweep_dirs) if runs is None else runs
     for run in runs.itertuples():
-        path = Path(run.path) / METRICS
+        path = Path(getattr(run, "folder", run.path)) / METRICS
         if not path.exists():
             continue
         records = []
@@ -270,6 +277,7 @@ def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:
 def load_speed(sweep_dirs) -> pd.DataFrame:
     """One row per job and (batch size, new tokens): its paired cached/uncached timing."""
     rows = []
+    names = _names(sweep_dirs)
     for sweep in _as_list(sweep_dirs):
         for job in job_folders(sweep):
             s = _read_json(job / SUMMARY) or {}
@@ -277,12 +285,20 @@ def load_speed(sweep_dirs) -> pd.DataFrame:
             for r in kv.get("speed") or []:
                 if "speedup" not in r:
                     continue  # an unpaired measurement from an older version: not comparable
-                rows.append({"job": job_name(sweep, job), "sweep": str(sweep),
+                if "pairs" in r:  # every timed pair (order and both times), as JSON text
+                    r = {**r, "pairs": json.dumps(r["pairs"])}
+                rows.append({"job": job_name(sweep, job),
+                             "sweep": names[str(Path(sweep).resolve())],
                              "model_key": s.get("model_key"), "precision": kv.get("precision"),
                              "concurrent_jobs": kv.get("concurrent_jobs"),
                              **{k: s.get(k) for k in AXES}, "tokens": s.get("tokens", "action"),
                              **r})
     return pd.DataFrame(rows)
+
+
+def _names(sweep_dirs) -> dict:
+    """Resolved sweep folder -> its name in the tables (``common.sweep_names``)."""
+    return sweep_names(str(Path(d).resolve()) for d in _as_list(sweep_dirs))
 
 
 def _as_list(dirs):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import label_runs
+from analysis.common import portable_text, sweep_names
 from analysis.tables import trained_models
 
 DATA_FILES = ("runs.csv", "metrics.csv", "speed.csv")
@@ -21,6 +22,8 @@ def write_data_files(out, runs, metrics, speed) -> None:
     """``DATA_FILES`` in the folder ``out``; metrics.csv keeps one job's records per trained
     model (jobs sharing a model share its curves)."""
     out = Path(out)
+    runs, metrics, speed = portable(runs.drop(columns=["folder"], errors="ignore"), metrics,
+                                    speed)
     runs.to_csv(out / "runs.csv", index=False)
     models = set(zip(trained_models(runs)["sweep"], trained_models(runs)["job"]))
     kept = metrics[[(s, j) in models for s, j in zip(metrics["sweep"], metrics["job"])]]
@@ -60,6 +63,26 @@ def read_tables(folder):
     runs, metrics, speed = frames
     if runs.empty:
         raise ValueError(f"{folder / 'runs.csv'} holds no jobs")
+    return portable(runs, metrics, speed)
+
+
+def portable(runs, metrics, speed):
+    """The frames with no machine's absolute path: ``sweep`` the sweep folder's name
+    (``common.sweep_names``), ``path`` NAME/JOB, and the paths in ``overrides`` and ``error``
+    relative to the sweep folder. Tables written before this read the same way."""
+    names = sweep_names(pd.concat([f["sweep"].astype(str) for f in (runs, metrics, speed)
+                                   if "sweep" in f]).unique())
+    if all(k == v for k, v in names.items()):
+        return runs, metrics, speed
+    runs = runs.copy()
+    old = runs["sweep"].astype(str)
+    runs["sweep"] = old.map(names)
+    runs["path"] = [s if j == "." else f"{s}/{j}" for s, j in zip(runs["sweep"], runs["job"])]
+    for col in ("overrides", "error"):
+        if col in runs:
+            runs[col] = [portable_text(t, o, n) for t, o, n in zip(runs[col], old, runs["sweep"])]
+    metrics, speed = (f.assign(sweep=f["sweep"].astype(str).map(names)) if "sweep" in f else f
+                      for f in (metrics, speed))
     return runs, metrics, speed
 
 

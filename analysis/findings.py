@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import tables
-from analysis.common import CHEATING_GAP, NOISE_FLOOR, difference_verdict, pm
+from analysis.common import CHEATING_GAP, NOISE_FLOOR, difference_verdict, stated_n
 
 
 def findings(made) -> list[str]:
@@ -38,8 +38,9 @@ def _positional(pos) -> list[str]:
             d, ci = r["diff_vs_rope"], r["diff_vs_rope_ci95"]
             if np.isfinite(d):
                 winner = "RoPE" if d > 0 else variant
+                seeds = stated_n(d, ci, r.get("diff_vs_rope_per_seed"))
                 out.append(f"{variant.capitalize()} minus RoPE validation loss{where}: "
-                           f"{pm(d, ci)} nats over {int(r['pairs'])} paired seed(s) ({winner} "
+                           f"{seeds}, over {int(r['pairs'])} paired seed(s) ({winner} "
                            f"ahead); the difference is {difference_verdict(d, ci)}.")
         shifts = sorted((c for c in rows if c.startswith("delta_shift_")),
                         key=lambda c: int(c.rsplit("_", 1)[1]))
@@ -109,9 +110,10 @@ def _token_layouts(tok) -> list[str]:
         ref = tok[(tok["config"] == row.config) & (tok["pos"] == row.pos)
                   & (tok["tokens"] == "action")]
         base = float(ref["val_action_loss_mean"].iloc[0]) if len(ref) else math.nan
+        seeds = stated_n(d, ci, getattr(row, "diff_vs_action_per_seed", ""))
         out.append(
             f"State tokens ({row.tokens}, pos={row.pos}{where}) change the action tokens' "
-            f"validation loss by {pm(d, ci)} nats over {int(row.pairs)} paired seed(s) "
+            f"validation loss by {seeds}, over {int(row.pairs)} paired seed(s) "
             f"({verdict}): {row.val_action_loss_mean:.4f} vs {base:.4f} with action tokens "
             f"alone, {row.above_noise_floor:.4f} and {base - NOISE_FLOOR:.4f} above the "
             f"noise floor ln 5 = {NOISE_FLOOR:.3f}.")
@@ -131,11 +133,18 @@ def _kv_cache(kv) -> list[str]:
         row = tables.fixed_cell(cells)
         out.append(
             f"KV cache{where} at batch {int(row['batch_size'])}, {int(row['new_tokens'])} new "
-            f"tokens: {row['speedup_median']:.2f}x (median over {int(row['models'])} model(s), "
-            f"{tables.speedup_spread(row)}); "
+            f"tokens: {row['speedup_median']:.2f}x (per job: median of its pairs; median over "
+            f"{int(row['models'])} model(s), {tables.speedup_spread(row)}, the timing "
+            f"reproducibility of this host over {_jobs(row)} jobs); "
             f"across all cells the median speed-up ranges {cells['speedup_median'].min():.2f}x-"
             f"{cells['speedup_median'].max():.2f}x. Cached decoding matched the full pass in "
             f"{row['cached_decode_matched']}; without a causal mask the two differ by "
             "construction." + ("" if cells["timed_alone"].all() else
                                " Some timings ran beside other jobs and share their CPU."))
     return out
+
+
+def _jobs(row) -> str:
+    """The number of jobs behind a KV cell ("?" in tables from before the column)."""
+    jobs = row.get("jobs") if hasattr(row, "get") else None
+    return str(int(jobs)) if jobs is not None and np.isfinite(jobs) else "?"

@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, tables
-from analysis.common import CHEATING_GAP, NOISE_FLOOR, UNIFORM, as_float, difference_verdict, pm
+from analysis.common import (
+    CHEATING_GAP,
+    NOISE_FLOOR,
+    UNIFORM,
+    as_float,
+    difference_verdict,
+    pm,
+    stated_n,
+)
 
 
 def write_mdx(out_dir, made, figures, runs=None, metrics=None, student=None, date=None,
@@ -39,8 +47,7 @@ def write_mdx(out_dir, made, figures, runs=None, metrics=None, student=None, dat
     pos = _course_pos(made)
     loss_png = plots.training_curve(metrics, images / "loss_curve.png", pos=pos)
     if loss_png is None:
-        loss_png = _copy(by_name.get("loss_by_pos") or by_name.get("loss_by_mask"),
-                         images / "loss_curve.png")
+        loss_png = _copy(by_name.get("loss_by_pos"), images / "loss_curve.png")
     attention_png = _copy(by_name.get("attention_grid"), images / "attention_maps.png")
     speed_png = _copy(by_name.get("kv_cache_speed"), images / "kv_cache_speed.png")
     pos_png = _copy(by_name.get("loss_by_pos"), images / "loss_by_pos.png")
@@ -98,7 +105,7 @@ def _attention_section(runs, image) -> str:
     lines += [_image("Attention Maps", image), ""]
     shares = {}
     for run in plots.attention_runs(runs):
-        maps = plots.load_attention(run.path)
+        maps = plots.load_attention(plots.job_folder(run))
         if maps:
             shares[run.mask] = [plots.future_share(layer) for layer in maps]
     text = ("Each panel is one layer's attention on the same validation trajectory, averaged "
@@ -179,8 +186,11 @@ def _kv_section(made, image) -> str:
         f"at its absolute position) against recomputing the whole sequence every step, timed "
         f"alternately on the same trained model: at batch {_int(fixed.get('batch_size'))} with "
         f"{_int(fixed.get('new_tokens'))} new tokens the cache is "
-        f"{_f(as_float(fixed.get('speedup_median')), 2)}x faster (median over "
-        f"{_int(fixed.get('models'))} models, {tables.speedup_spread(fixed)}); over all cells "
+        f"{_f(as_float(fixed.get('speedup_median')), 2)}x faster (per job the median of "
+        f"its pairs; the median over {_int(fixed.get('models'))} models, "
+        f"{tables.speedup_spread(fixed)}: the timing reproducibility of this host over "
+        f"{_int(fixed.get('jobs'))} jobs, the compute being the same whatever the weights); "
+        "over all cells "
         "the median ranges "
         f"{_f(float(speedup.min()), 2)}x-{_f(float(speedup.max()), 2)}x. "
         "Cached decoding reproduced the full pass's logits step by step in "
@@ -210,29 +220,73 @@ def _rope_section(made, image) -> str:
     sin = _row(pos, pos="sinusoidal")
     d, ci = _num(sin, "diff_vs_rope"), _num(sin, "diff_vs_rope_ci95")
     if np.isfinite(d):
-        lines.append(f"Validation loss of sinusoidal minus RoPE, paired by seed: {pm(d, ci)} "
-                     f"nats ({'RoPE' if d > 0 else 'sinusoidal'} ahead); the difference is "
+        seeds = stated_n(d, ci, sin.get("diff_vs_rope_per_seed"))
+        lines.append(f"Validation loss of sinusoidal minus RoPE, paired by seed: {seeds} "
+                     f"({'RoPE' if d > 0 else 'sinusoidal'} ahead); the difference is "
                      f"{difference_verdict(d, ci)}. `delta_shift_k` is the change of loss when "
                      "the same validation trajectories are placed k steps later (positions "
                      "alone move); `loss_Nx_beyond` is the loss at unseen positions of N-times "
                      "longer fresh trajectories, where the process itself also changes.")
     else:
         lines.append("Sinusoidal minus RoPE: n/a (this sweep lacks one of the two).")
-    lines += ["", "**Why RoPE suits trajectories.** RoPE rotates pair i of the query at position "
-              "m by the angle `m θ_i` and of the key at n by `n θ_i`. Rotations are orthogonal "
-              "and compose by adding angles, so `(R(m θ) q)ᵀ (R(n θ) k) = qᵀ R((n − m) θ) k`: "
-              "for given content the score depends on the offset n − m alone, and norms are "
-              "kept (`|R q| = |q|`). An additive sinusoidal `p_m` instead gives "
-              "`(x_m + p_m)ᵀ A (x_n + p_n) = x_mᵀ A x_n + x_mᵀ A p_n + p_mᵀ A x_n + p_mᵀ A p_n` "
-              "with `A = W_qᵀ W_k`: the two middle terms tie a token's score to its partner's "
-              "absolute position, and the last is a function of m − n only if every 2x2 block "
-              "of A on a sin/cos pair is a scaled rotation, which nothing enforces. An action "
-              "token depends on the arm's recent motion, a pattern in offsets that is the same "
-              "at step 5 and step 45; RoPE builds that invariance in, sinusoidal embeddings "
-              "leave it to be learned (and tied to the positions seen in training)."]
+    lines += ["", *_rope_reading(pos, d, ci)]
     if image:
         lines += ["", _image("Validation loss by positional encoding", image)]
     return "\n".join(lines + [""])
+
+
+_ROPE_THEORY = (
+    "RoPE rotates pair i of the query at position m by the angle `m θ_i` and of the key at n "
+    "by `n θ_i`. Rotations are orthogonal and compose by adding angles, so "
+    "`(R(m θ) q)ᵀ (R(n θ) k) = qᵀ R((n − m) θ) k`: for given content the score depends on the "
+    "offset n − m alone, and norms are kept (`|R q| = |q|`). An additive sinusoidal `p_m` "
+    "instead gives `(x_m + p_m)ᵀ A (x_n + p_n) = x_mᵀ A x_n + x_mᵀ A p_n + p_mᵀ A x_n + "
+    "p_mᵀ A p_n` with `A = W_qᵀ W_k`: the two middle terms tie a token's score to its "
+    "partner's absolute position, and the last is a function of m − n only if A is "
+    "block-diagonal over the sin/cos frequency pairs and each diagonal 2x2 block is a scaled "
+    "rotation, which nothing enforces. An action token depends on the arm's recent motion, a "
+    "pattern in offsets that is the same at step 5 and step 45: RoPE builds that invariance "
+    "in, sinusoidal embeddings leave it to be learned.")
+
+
+def _rope_reading(pos, d, ci) -> list[str]:
+    """The RoPE paragraph: its heading and verdict follow the measured difference (RoPE is
+    said to suit trajectories better only where it is ahead beyond the interval)."""
+    resolved = np.isfinite(d) and np.isfinite(ci) and abs(d) > ci
+    if resolved and d > 0:
+        heading = "Why RoPE suits trajectories."
+        verdict = ("Measured here, RoPE is ahead on validation loss beyond the interval, and "
+                   "the position shift shows the invariance at work.")
+    elif resolved:
+        heading = "What RoPE builds in, and what the measurements show."
+        verdict = ("Measured here, the matched sinusoidal table is ahead on validation loss "
+                   f"at the training length ({pm(d, ci)} nats, sinusoidal minus RoPE): "
+                   "building the invariance in did not buy a lower loss where every position "
+                   "was seen in training. Where it shows is away from those positions:")
+    else:
+        heading = "What RoPE builds in, and what the measurements show."
+        verdict = ("Measured here, the two encodings' validation losses do not differ beyond "
+                   "their interval (or lack one); the invariance shows away from the trained "
+                   "positions:")
+    rope, sin = _row(pos, pos="rope"), _row(pos, pos="sinusoidal")
+    shift = sorted((c for c in pos if c.startswith("delta_shift_")),
+                   key=lambda c: int(c.rsplit("_", 1)[1]))
+    beyond = sorted(c for c in pos if c.endswith("x_beyond"))
+    evidence = []
+    if shift and rope and sin:
+        k = shift[0].rsplit("_", 1)[1]
+        evidence.append(f"the same trajectories moved {k} steps later change RoPE's loss by "
+                        f"{_num(rope, shift[0]):+.4f} nats and the sinusoidal model's by "
+                        f"{_num(sin, shift[0]):+.4f}")
+    if beyond and rope and sin:
+        col = beyond[-1]
+        evidence.append(f"at the unseen positions of {col.split('_')[1]}-length trajectories "
+                        f"RoPE scores {_num(rope, col):.3f} and sinusoidal {_num(sin, col):.3f}")
+    tail = (" " + "; ".join(evidence) + ".") if evidence else ""
+    if resolved and d > 0 and evidence:
+        tail = " (" + "; ".join(evidence) + ")."
+        verdict = verdict[:-1]
+    return [f"**{heading}** {_ROPE_THEORY}", "", verdict + tail]
 
 
 def _provenance(made, runs, sweep_dirs, student) -> str:

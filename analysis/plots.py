@@ -1,4 +1,10 @@
-"""Sweep-level figures with seaborn: loss curves, attention grid, KV-cache speed."""
+"""Sweep-level figures with seaborn: loss curves, the mask audit, attention grid, KV-cache speed.
+
+Every band or interval says what it is over, and is computed over just that: the seeds of one
+encoding (and one training configuration), never several encodings pooled. Colours that tell
+groups apart come from one qualitative, colour-blind-safe palette (Okabe-Ito), never a light to
+dark ramp whose first colour is barely visible.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,36 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.common import ATTENTION_MAPS, ATTENTION_PNG, NOISE_FLOOR
 
+# Okabe-Ito: distinct in colour and in lightness, also for colour-blind readers
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+SEED_BAND = "line: mean over seeds; band: 95% CI over seeds"
+TEACHER_FORCED = "teacher-forced (every position sees the whole input)"
+PREFIX_ONLY = "prefix-only (each prefix alone, as in generation)"
+
+
+def _seeds(frame, by) -> str:
+    """``n=2-3 seeds``: how many seeds each group of ``by`` holds (one model per seed)."""
+    counts = frame.groupby(by)["seed"].nunique() if "seed" in frame else pd.Series([1])
+    low, high = int(counts.min()), int(counts.max())
+    return f"n={low} seed{'s' if high > 1 else ''}" if low == high else f"n={low}-{high} seeds"
+
+
+def _figure(style: str | None, data) -> Figure:
+    """A one-panel figure, taller where a legend of training configurations goes below it."""
+    rows = data[style].nunique() if style else 0
+    return Figure(figsize=(6.5, 4.3 + 0.22 * (rows + 2) * bool(rows)), layout="constrained")
+
+
+def _legend_below(ax, style: str | None) -> None:
+    """Long configuration labels below the plot, where they hide no line."""
+    if style and ax.get_legend() is not None:
+        sns.move_legend(ax, "upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8,
+                        frameon=False)
+
 
 def loss_curves(metrics, hue, path, mask=None) -> Path | None:
-    """Validation loss against step, one line per ``hue`` value (mean, 95% band over seeds)."""
+    """Validation loss against step, one line per ``hue`` value: the mean over seeds with a
+    95% band over seeds, each line one ``hue`` value of one training configuration."""
     val = metrics[metrics["split"] == "val"]
     if mask is not None:
         val = val[val["mask"] == mask]
@@ -25,14 +58,71 @@ def loss_curves(metrics, hue, path, mask=None) -> Path | None:
         return None
     # jobs sharing a trained model carry identical curves: count each model once
     val = val.drop_duplicates(subset=["model_key", "step"]) if "model_key" in val else val
-    fig = Figure(figsize=(6.5, 4))
+    style = "config" if "config" in val and val["config"].nunique() > 1 else None
+    fig = _figure(style, val)
     ax = fig.subplots()
     sns.lineplot(data=val, x="step", y="loss", hue=hue, errorbar=("ci", 95), ax=ax, marker="o",
-                 markersize=3, style="config" if val["config"].nunique() > 1 else None)
-    ax.set(ylabel="validation loss (nats/token)",
-           title=f"validation loss by {hue}" + (f" (mask={mask})" if mask else ""))
+                 markersize=3, style=style, palette=PALETTE[:val[hue].nunique()])
+    _legend_below(ax, style)
+    groups = [hue, style] if style else [hue]
+    ax.set(ylabel="validation loss, teacher-forced (nats/token)",
+           title=f"validation loss by {hue}" + (f" (mask={mask})" if mask else "")
+           + f"\n{SEED_BAND}, {_seeds(val, groups)}")
+    ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def mask_losses(runs, path) -> Path | None:
+    """The mask question in one figure: teacher-forced and prefix-only validation loss side by
+    side for each mask, one panel per encoding (and training configuration); one dot per
+    trained model (seed), the mean with its 95% interval over those seeds.
+
+    Teacher-forced alone would show the unmasked model "winning": it sees the tokens it is
+    asked to predict. The prefix-only loss is what it scores when generating."""
+    need = {"status", "pos", "mask", "val_loss_teacher_forced", "val_loss_prefix_only"}
+    if runs.empty or not need <= set(runs):
+        return None
+    done = runs[runs["status"] == "completed"].dropna(
+        subset=["val_loss_teacher_forced", "val_loss_prefix_only"], how="all")
+    done = done.drop_duplicates(subset=["model_key"]) if "model_key" in done else done
+    if done.empty:
+        return None
+    done = done.assign(config=done["config"] if "config" in done else "default")
+    long = done.melt(id_vars=["config", "pos", "mask", "seed"],
+                     value_vars=["val_loss_teacher_forced", "val_loss_prefix_only"],
+                     var_name="loss", value_name="value").dropna(subset=["value"])
+    long["loss"] = long["loss"].map({"val_loss_teacher_forced": TEACHER_FORCED,
+                                     "val_loss_prefix_only": PREFIX_ONLY})
+    panels = list(long.groupby(["config", "pos"]).groups)
+    several = long["config"].nunique() > 1
+    masks = sorted(long["mask"].unique(), key=lambda m: (m != "causal", m))
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.4 * cols, 3.6 * rows + 1.0), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    hue = dict(hue="loss", hue_order=[TEACHER_FORCED, PREFIX_ONLY], palette=PALETTE[:2])
+    for ax, (config, pos) in zip(axes, panels):
+        part = long[(long["config"] == config) & (long["pos"] == pos)]
+        sns.stripplot(data=part, x="mask", y="value", order=masks, dodge=True, alpha=0.6,
+                      legend=False, ax=ax, **hue)
+        sns.pointplot(data=part, x="mask", y="value", order=masks, dodge=0.4,
+                      errorbar=("ci", 95), markers="_", linestyles="none", capsize=0.1,
+                      legend=ax is axes[0], ax=ax, **hue)
+        ax.set(xlabel="attention mask", ylabel="validation loss (nats/token)",
+               title=f"{config}\npos={pos}" if several else f"pos={pos}")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    legend = axes[0].get_legend()
+    if legend is not None:
+        legend.remove()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
+                   fontsize=9)
+    fig.suptitle("Mask audit: teacher-forced vs prefix-only validation loss\n"
+                 f"dots: one model (seed) each; bars: mean and 95% CI over seeds within one "
+                 f"encoding, {_seeds(long, ['config', 'pos', 'mask'])}", fontsize=10)
     fig.savefig(path, dpi=110)
     return Path(path)
 
@@ -46,11 +136,18 @@ def attention_runs(runs) -> list:
         done = runs[(runs["status"] == "completed") & (runs["mask"] == mask)]
         order = done.assign(_rope=done["pos"] != "rope").sort_values(["_rope", "pos", "seed", "job"])
         for run in order.itertuples():
-            if (Path(run.path) / ATTENTION_MAPS).exists() or (
-                    Path(run.path) / ATTENTION_PNG).exists():
+            if (Path(job_folder(run)) / ATTENTION_MAPS).exists() or (
+                    Path(job_folder(run)) / ATTENTION_PNG).exists():
                 picks.append(run)
                 break
     return picks
+
+
+def job_folder(run) -> str:
+    """Where this machine reads a job's files: ``folder`` for jobs read from their sweep,
+    else the tables' relative ``path`` (found only from where it is relative to)."""
+    folder = getattr(run, "folder", None)
+    return folder if isinstance(folder, str) else run.path
 
 
 def load_attention(run_path) -> list | None:
@@ -79,7 +176,7 @@ def attention_grid(runs, path) -> Path | None:
     picks = attention_runs(runs)
     if not picks:
         return None
-    maps = [load_attention(run.path) for run in picks]
+    maps = [load_attention(job_folder(run)) for run in picks]
     if any(m is None for m in maps):
         return _pasted_grid(picks, path)
     layers = max(len(m) for m in maps)
@@ -117,7 +214,7 @@ def _pasted_grid(picks, path) -> Path:
     fig = Figure(figsize=(7 * len(picks), 6))
     axes = fig.subplots(1, len(picks), squeeze=False)
     for ax, run in zip(axes[0], picks):
-        ax.imshow(imread(Path(run.path) / ATTENTION_PNG))
+        ax.imshow(imread(Path(job_folder(run)) / ATTENTION_PNG))
         ax.set_title(f"mask={run.mask} (pos={run.pos}, seed={run.seed})")
         ax.axis("off")
     fig.tight_layout()
@@ -163,19 +260,24 @@ def kv_speed(speed, path) -> Path | None:
     data = data.groupby(["config", "batch_size", "new_tokens", "model"],
                         as_index=False)["speedup"].median()
     configs = sorted(data["config"].unique())
+    # batch size as categories in a qualitative palette: as numbers seaborn draws them on a
+    # light-to-dark ramp, and batch size 1 comes out pale pink
+    sizes = sorted(data["batch_size"].unique())
+    data["batch size"] = data["batch_size"].map(lambda b: str(int(b)))
+    hue = dict(hue="batch size", hue_order=[str(int(b)) for b in sizes],
+               palette=PALETTE[:len(sizes)])
     fig = Figure(figsize=(6.5 * len(configs), 4))
     axes = fig.subplots(1, len(configs), squeeze=False)[0]
-    several = data["batch_size"].nunique() > 1
+    several = len(sizes) > 1
     for ax, config in zip(axes, configs):
         part = data[data["config"] == config]
-        sns.stripplot(data=part, x="new_tokens", y="speedup", hue="batch_size", dodge=several,
-                      ax=ax, alpha=0.7)
-        sns.pointplot(data=part, x="new_tokens", y="speedup", hue="batch_size",
-                      dodge=0.4 if several else False,
-                      estimator="median", errorbar=None, markers="_", linestyles="none", ax=ax,
-                      legend=False)
+        sns.stripplot(data=part, x="new_tokens", y="speedup", dodge=several, ax=ax, alpha=0.8,
+                      size=6, **hue)
+        sns.pointplot(data=part, x="new_tokens", y="speedup", dodge=0.4 if several else False,
+                      estimator="median", errorbar=None, markers="_", markersize=14,
+                      linestyles="none", ax=ax, legend=False, **hue)
         ax.axhline(1.0, color="grey", lw=1, ls="--")
-        title = "KV cache: paired speed-up per model (dots), median (bars)"
+        title = "KV cache: paired speed-up\none dot per model; bar: median over models"
         ax.set(xlabel="generated tokens", ylabel="speed-up (uncached time / cached time)",
                title=title if len(configs) == 1 else f"{config}\n{title}")
         ax.grid(alpha=0.3)
@@ -198,17 +300,19 @@ def position_shift(runs, path) -> Path | None:
     long["shift"] = long["variable"].str.rsplit("_", n=1).str[1].astype(int)
     zero = long[["pos", "seed", "config"]].drop_duplicates().assign(shift=0, delta=0.0)
     long = pd.concat([zero, long[["pos", "seed", "config", "shift", "delta"]]])
-    fig = Figure(figsize=(6.5, 4))
+    style = "config" if long["config"].nunique() > 1 else None
+    fig = _figure(style, long)
     ax = fig.subplots()
-    sns.lineplot(data=long, x="shift", y="delta", hue="pos",
-                 style="config" if long["config"].nunique() > 1 else None,
-                 errorbar=("ci", 95), marker="o", ax=ax)
+    sns.lineplot(data=long, x="shift", y="delta", hue="pos", style=style,
+                 errorbar=("ci", 95), marker="o", ax=ax, palette=PALETTE[:long["pos"].nunique()])
+    _legend_below(ax, style)
     ax.axhline(0.0, color="grey", lw=1, ls="--")
     ax.set(xlabel="steps added to every token's step (the shift k)",
            ylabel="loss change (nats/token)",
-           title="position shift: same trajectories, later positions (causal mask)")
+           title="position shift: same trajectories, later positions (causal mask)\n"
+                 f"{SEED_BAND}, {_seeds(long, ['pos', style] if style else ['pos'])}")
+    ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
 
@@ -227,16 +331,19 @@ def token_layouts(runs, path) -> Path | None:
     several = done["pos"].nunique() > 1
     fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
-    sns.stripplot(data=done, x="tokens", y="val_action_loss", hue="pos", order=order,
-                  dodge=several, alpha=0.6, ax=ax)
-    sns.pointplot(data=done, x="tokens", y="val_action_loss", hue="pos", order=order,
+    hue = dict(hue="pos", palette=PALETTE[:done["pos"].nunique()])
+    sns.stripplot(data=done, x="tokens", y="val_action_loss", order=order,
+                  dodge=several, alpha=0.6, ax=ax, **hue)
+    sns.pointplot(data=done, x="tokens", y="val_action_loss", order=order,
                   dodge=0.4 if several else False, errorbar=("ci", 95), markers="_",
-                  linestyles="none", capsize=0.1, ax=ax, legend=False)
+                  linestyles="none", capsize=0.1, ax=ax, legend=False, **hue)
     ax.axhline(NOISE_FLOOR, color="grey", ls=":", lw=1)
     ax.text(0.99, NOISE_FLOOR, f" noise floor ln 5 = {NOISE_FLOOR:.3f}",
             transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8, color="grey")
     ax.set(xlabel="token layout (tokens)", ylabel="action-token validation loss (nats)",
-           title="action NLL with and without state tokens (causal mask)")
+           title="action NLL with and without state tokens (causal mask)\ndots: one model "
+                 f"(seed) each; bars: mean and 95% CI over seeds, {_seeds(done, ['tokens', 'pos'])}")
+    ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -7,12 +7,14 @@ from pathlib import Path
 
 from analysis import plots, tables
 from analysis.collect import load_metrics, load_runs, load_speed
+from analysis.common import sweep_names
 from analysis.datafiles import merge_parts, read_tables, write_data_files
 from analysis.findings import findings
 from analysis.mdx import write_mdx
-from analysis.report_md import report_md
+from analysis.report_md import report_md, varied
 
 __all__ = ["action_only", "build_report", "findings"]  # findings: for analysis/report.ipynb
+MASK_FIGURE = "Validation loss by mask: teacher-forced vs prefix-only"
 
 
 def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
@@ -30,9 +32,9 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
     tables_dirs = [Path(d) for d in ([from_tables] if isinstance(from_tables, (str, Path))
                                      else from_tables or [])]
     runs, metrics, speed = _collect(sweep_dirs, tables_dirs)
-    live = sweep_dirs
-    if tables_dirs:
-        sweep_dirs = [Path(d) for d in dict.fromkeys(runs["sweep"].astype(str))]
+    # by their names, as the tables give them: a report reads the same on any machine
+    live = list(sweep_names(str(d.resolve()) for d in sweep_dirs).values())
+    sweep_dirs = list(dict.fromkeys(runs["sweep"].astype(str)))
     out.mkdir(parents=True, exist_ok=True)
     log(f"collected {len(runs)} jobs ({(runs['status'] == 'completed').sum()} completed)")
 
@@ -81,17 +83,22 @@ def _collect(sweep_dirs, tables_dirs):
 
 
 def _figures(out, runs, metrics, course_runs, course_speed) -> dict:
-    """The report's figures by title (None where a sweep lacks the data), drawn into ``out``."""
+    """The report's figures by title (None where a sweep lacks the data, or did not vary the
+    axis a figure compares: mask, tokens), drawn into ``out``."""
+    for name in ("loss_by_mask.png", "tokens.png"):  # none left from an earlier report
+        (out / name).unlink(missing_ok=True)
     return {
         "Validation loss by positional encoding (causal mask)":
             plots.loss_curves(metrics, "pos", out / "loss_by_pos.png", mask="causal"),
-        "Validation loss by mask": plots.loss_curves(metrics, "mask", out / "loss_by_mask.png"),
+        MASK_FIGURE: (plots.mask_losses(runs, out / "loss_by_mask.png")
+                      if varied(runs, "mask") else None),
         "Attention maps, causal vs no mask":
             plots.attention_grid(course_runs, out / "attention_grid.png"),
         "Position shift": plots.position_shift(runs, out / "position_shift.png"),
         "KV-cache speed-up": plots.kv_speed(_labelled(course_speed, course_runs),
                                             out / "kv_cache_speed.png"),
-        "Action NLL by token layout": plots.token_layouts(runs, out / "tokens.png"),
+        "Action NLL by token layout": (plots.token_layouts(runs, out / "tokens.png")
+                                       if varied(runs, "tokens") else None),
     }
 
 

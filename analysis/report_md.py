@@ -10,6 +10,15 @@ from analysis.common import NOISE_FLOOR
 from analysis.findings import findings
 
 
+def varied(runs, axis: str) -> bool:
+    """Whether the sweep's jobs took more than one value of ``axis`` (``tokens``: ``action``
+    where a job did not record it)."""
+    if axis not in runs:
+        return False
+    values = runs[axis].fillna("action") if axis == "tokens" else runs[axis].dropna()
+    return values.nunique() > 1
+
+
 def coverage(runs) -> str:
     """What the seed-to-seed intervals cover, from how the runs drew their data."""
     done = runs[runs["status"] == "completed"]
@@ -70,12 +79,31 @@ def report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), live
         tables.to_markdown(made["mask_audit"]),
         "## KV cache", "",
         "Each job timed cached and uncached greedy generation alternately on its own trained "
-        "model, in one process; a model's speed-up is the median over its pairs. The table "
-        "gives, per training configuration, batch size and number of new tokens, the median "
-        "over models with a 95% percentile-bootstrap interval and the range. `timed_alone` is "
+        "model, in one process, after an untimed warm-up at each cell. Per job: the median of "
+        "its pairs' ratios (each pair's order and two times are in the job's summary.json); "
+        "per model: the median of its jobs' (the mean of two). The table gives, per training "
+        "configuration, batch size and number of new tokens, the median over models with a "
+        "95% percentile-bootstrap interval and the range. The computation does not depend on "
+        "the weights, so the interval describes the timing reproducibility of this host on "
+        "that day over the cell's `jobs`, not a spread of models. `timed_alone` is "
         "false where jobs ran in parallel (their timings shared the CPU). With `tokens=state_action` a new token is "
         "a step's action, generated after that step's state tokens from the data.",
         "", tables.to_markdown(made["kv_cache"]),
+        *(_tokens_section(made) if varied(runs, "tokens") else []),
+    ]
+    for title, path in figures.items():
+        if path is not None:
+            parts += [f"### {title}", "", f"![{title}]({path.name})", ""]
+    parts += ["## Cost", "", *cost(runs), ""]
+    parts += ["## Jobs that did not complete", ""]
+    status = made["status"]
+    parts.append(tables.to_markdown(status) if not status.empty else "All jobs completed.\n")
+    return "\n".join(parts)
+
+
+def _tokens_section(made) -> list[str]:
+    """The token-layout section: only for a sweep that varied ``tokens``."""
+    return [
         "## Token layouts: state tokens beside action tokens", "",
         "`val_action_loss` is the validation loss of the action tokens a_1 .. a_{T-1} alone, "
         "the one figure that means the same whether or not each step's state tokens precede "
@@ -86,14 +114,6 @@ def report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), live
         "the same configuration and encoding.", "",
         tables.to_markdown(made["tokens"]),
     ]
-    for title, path in figures.items():
-        if path is not None:
-            parts += [f"### {title}", "", f"![{title}]({path.name})", ""]
-    parts += ["## Cost", "", *cost(runs), ""]
-    parts += ["## Jobs that did not complete", ""]
-    status = made["status"]
-    parts.append(tables.to_markdown(status) if not status.empty else "All jobs completed.\n")
-    return "\n".join(parts)
 
 
 def cost(runs) -> list[str]:

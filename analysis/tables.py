@@ -6,17 +6,14 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.common import NOISE_FLOOR, as_float
 
-# two-sided 95% Student-t quantiles, df = 1..30 (beyond: the normal 1.96)
-_T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
 
 def t95(n: int) -> float:
-    return math.nan if n < 2 else (_T95[n - 2] if n - 1 <= len(_T95) else 1.96)
+    """The two-sided 95% Student-t quantile for a mean of ``n`` values (df = n - 1)."""
+    return math.nan if n < 2 else float(stats.t.ppf(0.975, n - 1))
 
 
 def mean_ci(values) -> tuple[float, float, float, int]:
@@ -26,6 +23,16 @@ def mean_ci(values) -> tuple[float, float, float, int]:
         return math.nan, math.nan, math.nan, 0
     std = float(v.std(ddof=1)) if len(v) > 1 else math.nan
     return float(v.mean()), std, t95(len(v)) * std / math.sqrt(len(v)), len(v)
+
+
+def per_seed_text(values: pd.Series) -> str:
+    """Paired values by seed as text, ``1: -0.00265; 2: -0.00335``: what an interval over
+    seeds rests on, beside it in the tables (analysis/common.py, ``parse_per_seed``)."""
+    return "; ".join(f"{_seed(s)}: {v:+.5f}" for s, v in values.items() if np.isfinite(v))
+
+
+def _seed(s) -> str:
+    return str(int(s)) if isinstance(s, (int, float, np.number)) and float(s).is_integer() else str(s)
 
 
 def trained_models(runs: pd.DataFrame) -> pd.DataFrame:
@@ -99,6 +106,7 @@ def positional(runs, metrics, target_loss=2.0, reference="rope") -> pd.DataFrame
         d = mean_ci((own[paired] - ref_loss[paired]).tolist())
         row[f"diff_vs_{reference}"], row[f"diff_vs_{reference}_ci95"] = d[0], d[2]
         row["pairs"] = d[3]
+        row[f"diff_vs_{reference}_per_seed"] = per_seed_text(own[paired] - ref_loss[paired])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -172,16 +180,18 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     new tokens), across trained models: models trained differently (another precision, on
     another host) are never pooled.
 
-    Each job times cached and uncached generation alternately on its own model; a model's
-    ratio is the median of its pairs (and of its jobs, when several evaluated it). The table
-    gives the median ratio over models with a 95% bootstrap interval, the range, the median
+    Each job times cached and uncached generation alternately on its own model; per job, the
+    ratio is the median of its pairs; per model, the median of its jobs' ratios (the mean of
+    two). The table gives the median ratio over models with a 95% bootstrap interval (the
+    compute does not depend on the weights, so it says how reproducible this host's timing was
+    over those ``jobs``, not how models differ), the range, the median
     tokens/s of each side, and how many causal models decoded like the full pass (every
     check of the model: ``evaluate.kv_cache_consistency``'s ``matches``), naming those whose
     greedy decodes parted at a near-tie. With
     ``tokens=state_action`` a new token is a step's action, generated after its given state
     tokens: a different workload, so its own rows.
     """
-    cols = ["config", "tokens", "batch_size", "new_tokens", "models", "speedup_median",
+    cols = ["config", "tokens", "batch_size", "new_tokens", "models", "jobs", "speedup_median",
             "speedup_ci95_low", "speedup_ci95_high", "speedup_min", "speedup_max",
             "tokens_per_s_cache_on", "tokens_per_s_cache_off", "precision", "timed_alone",
             "cached_decode_matched"]
@@ -195,7 +205,8 @@ def kv_cache(runs, speed) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     speed = speed.assign(model=speed["model_key"].fillna(speed["sweep"] + "/" + speed["job"]))
     per_model = (speed.groupby(["config", "tokens", "batch_size", "new_tokens", "model"])
-                 .agg(speedup=("speedup", "median"), on=("tokens_per_s_cache_on", "median"),
+                 .agg(speedup=("speedup", "median"), jobs=("speedup", "size"),
+                      on=("tokens_per_s_cache_on", "median"),
                       off=("tokens_per_s_cache_off", "median"),
                       precision=("precision", lambda p: ",".join(sorted(set(map(str, p))))),
                       alone=("concurrent_jobs", lambda c: bool(c.notna().all() and (c <= 1).all())))
@@ -218,7 +229,7 @@ def kv_cache(runs, speed) -> pd.DataFrame:
             matched += f" ({ties} with greedy decodes parting at a near-tie)"
         med, lo, hi = median_ci(cell["speedup"])
         rows.append({"config": config, "tokens": tokens, "batch_size": batch, "new_tokens": new,
-                     "models": len(cell),
+                     "models": len(cell), "jobs": int(cell["jobs"].sum()),
                      "speedup_median": med, "speedup_ci95_low": lo, "speedup_ci95_high": hi,
                      "speedup_min": cell["speedup"].min(), "speedup_max": cell["speedup"].max(),
                      "tokens_per_s_cache_on": cell["on"].median(),
@@ -239,7 +250,7 @@ def token_layouts(runs, reference="action") -> pd.DataFrame:
     """
     cols = ["config", "pos", "tokens", "seeds", "val_action_loss_mean", "val_action_loss_std",
             "val_action_loss_ci95", "above_noise_floor", f"diff_vs_{reference}",
-            f"diff_vs_{reference}_ci95", "pairs"]
+            f"diff_vs_{reference}_ci95", "pairs", f"diff_vs_{reference}_per_seed"]
     models = trained_models(runs)
     if models.empty or "val_action_loss" not in models:
         return pd.DataFrame(columns=cols)
@@ -259,7 +270,9 @@ def token_layouts(runs, reference="action") -> pd.DataFrame:
                      "val_action_loss_mean": loss[0], "val_action_loss_std": loss[1],
                      "val_action_loss_ci95": loss[2], "above_noise_floor": loss[0] - NOISE_FLOOR,
                      f"diff_vs_{reference}": d[0], f"diff_vs_{reference}_ci95": d[2],
-                     "pairs": d[3]})
+                     "pairs": d[3], f"diff_vs_{reference}_per_seed": (
+                         per_seed_text(own[paired] - ref_loss[paired])
+                         if tokens != reference else "")})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -79,9 +81,13 @@ def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
     summary = json.loads(next(sweep.glob("*/summary.json")).read_text())
     assert set(summary["mask_audit"]) == set(AUDIT_FIGURES) <= set(audit)  # one name each
     runs = pd.read_csv(out / "runs.csv", dtype=str, keep_default_na=False)
-    commits = {str(p.parent): json.loads(p.read_text()).get("git_commit") or ""
+    # paths relative to where the sweep lies: the sweep folder's name, then the job's
+    commits = {f"{sweep.name}/{p.parent.name}": json.loads(p.read_text()).get("git_commit") or ""
                for p in sweep.glob("*/summary.json")}
     assert dict(zip(runs["path"], runs["git_commit"])) == commits  # which code made each row
+    assert set(runs["sweep"]) == {sweep.name}
+    assert all(str(sweep) not in text for text in runs["overrides"])
+    assert "data.cache_dir=../datasets" in runs["overrides"].iloc[0]
     assert (audit[audit["mask"] == "causal"]["leakage"] < 1e-4).all()
     kv = pd.read_csv(out / "kv_cache.csv")
     assert set(zip(kv["batch_size"], kv["new_tokens"])) == {(1, 4), (1, 8), (2, 4), (2, 8)}
@@ -105,8 +111,10 @@ def test_cli_writes_tables_plots_and_report(smoke_sweep, tmp_path):
         assert (out / png).stat().st_size > 5000, png
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "Sinusoidal minus RoPE" in report
-    assert "![Validation loss by mask](loss_by_mask.png)" in report
+    assert "![Validation loss by mask: teacher-forced vs prefix-only](loss_by_mask.png)" in report
     assert "All jobs completed." in report
+    # the sweep did not vary the token layout: no section and no figure comparing layouts
+    assert "## Token layouts" not in report and not (out / "tokens.png").exists()
 
 
 def test_report_made_again_from_its_tables_alone(smoke_sweep, tmp_path):
@@ -179,7 +187,7 @@ def test_parts_merge_from_committed_tables(smoke_sweep, tmp_path):
         one.loc["sinusoidal", "diff_vs_rope"])
     assert pos.loc["sinusoidal", "val_loss_std"] == pytest.approx(0, abs=1e-12)
     metrics = pd.read_csv(merged / "metrics.csv")
-    assert set(metrics["sweep"]) == {str(sweep), str(part2)}
+    assert set(metrics["sweep"]) == {sweep.name, part2.name}
     assert (pd.read_csv(merged / "kv_cache.csv")["models"] == 8).all()
     # a third part trained in another precision (another host): labelled apart, never pooled
     other = "bf16" if json.loads(next(sweep.glob("*/summary.json")).read_text())[
@@ -327,3 +335,42 @@ def test_to_markdown_formats():
     # ... which say n/a for a missing value and escape text that MDX would read as code
     assert _mdx_table(df, ["a", "b"]).splitlines()[2:] == ["| 1.2346 | x |", "| n/a | n/a |"]
     assert _mdx_table(pd.DataFrame({"b": ["{x}<y>"]}), ["b"]).splitlines()[2] == "| \\{x\\}&lt;y&gt; |"
+
+
+def test_student_t_interval_uses_the_exact_quantile():
+    from analysis.tables import mean_ci, t95
+
+    mean, std, half, n = mean_ci([1.0, 2.0, 4.0])
+    assert (mean, n) == (pytest.approx(7 / 3), 3)
+    assert half == pytest.approx(4.302652729749462 * std / 3 ** 0.5, rel=1e-12)  # t(0.975, 2)
+    assert t95(33) == pytest.approx(2.036933343460101, rel=1e-12)  # not the normal's 1.96
+    assert t95(1) != t95(1)  # one value: no interval
+
+
+def test_stated_n_gives_n_df_the_seeds_and_a_sign_count():
+    from analysis.common import sign_count, stated_n
+
+    assert sign_count([-0.1, -0.2, 0.3], -0.1) == "2 of 3 seeds"
+    assert sign_count([-0.1, -0.2, 0.3], 0.1) == "1 of 3 seeds"
+    text = stated_n(-0.0031, 0.0011, "1: -0.00265; 2: -0.00335; 3: -0.00341")
+    assert text == ("-0.0031 ± 0.0011 nats (95% Student-t interval over n = 3 paired seeds, "
+                    "df = 2; per seed -0.00265, -0.00335, -0.00341; 3 of 3 seeds below zero)")
+    five = "; ".join(f"{s}: {v}" for s, v in enumerate([0.1, 0.2, -0.1, 0.3, 0.2], 1))
+    assert "seeds above zero" not in stated_n(0.14, 0.1, five)  # n >= 5: no sign count
+    assert "df = 4" in stated_n(0.14, 0.1, five)
+
+
+ABSOLUTE = re.compile(r"(^|[\s=,\"'`(\[:])/(work|root|home|tmp|Users)/")
+
+
+def test_no_absolute_path_in_the_published_results():
+    """A results folder reads the same on any machine: runs.csv's sweep and path, overrides,
+    reports and READMEs name folders relative to the sweep, or by placeholders (SWEEP)."""
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    found = []
+    for path in sorted(results.rglob("*")):
+        if path.is_file() and path.suffix in (".csv", ".md", ".txt", ".json", ".yaml"):
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if ABSOLUTE.search(line):
+                    found.append(f"{path.relative_to(results)}:{n}: {line[:80]}")
+    assert not found, "\n".join(found[:10])

@@ -121,3 +121,32 @@ def test_profile_decode_lists_the_operators():
     out = bench("profile_decode.py", "--new-tokens", "3", "--rows", "5")
     assert "bf16 weights and KV cache, 3 new tokens at batch 1" in out
     assert "Self CPU time total" in out and out.count("aten::") >= 5
+
+
+def test_lerobot_read_benchmark():
+    out = bench("lerobot_read.py", "--frames", "2000", "--episodes", "20", "--repeats", "1")
+    assert "| read_lerobot (pyarrow, needed columns) | 2,000 | 20 |" in out
+    assert "ratio read_lerobot / baseline:" in out and "goal: under 5 s" in out
+
+
+def test_every_mutation_still_applies_to_the_code():
+    """benchmarks/mutations.py finds each text it mutates exactly once: a mutation that no
+    longer applies would report nothing about its test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutations", ROOT / "benchmarks" / "mutations.py")
+    mutations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutations)
+    for name, (path, old, _new, test, _expr) in mutations.MUTATIONS.items():
+        assert (ROOT / path).read_text().count(old) == 1, name
+        assert (ROOT / test).is_file(), name
+
+
+def test_kv_order_thirds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kv_order", ROOT / "benchmarks" / "kv_order.py")
+    kv_order = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kv_order)
+    first, last, apart = kv_order.thirds([9.0, 2.0, 2.0, 2.0, 2.0, 2.2])
+    assert (first, last) == (5.5, 2.1) and apart == pytest.approx(1 - 2.1 / 5.5)

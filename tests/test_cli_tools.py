@@ -222,7 +222,7 @@ def test_each_run_folder_holds_attention_weights_and_the_grid_is_drawn_from_them
 
     sweep, _ = smoke_sweep
     runs = load_runs(sweep)
-    for path in runs["path"]:
+    for path in runs["folder"]:  # where this machine reads the job (path: relative)
         maps = plots.load_attention(path)
         assert maps is not None and len(maps) == 2 and maps[0].shape == (4, 12, 12)
 

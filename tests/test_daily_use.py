@@ -119,6 +119,11 @@ def test_flatten_turns_rows_into_one_metric_per_cell():
     columns, data = _row_tables(summary)["kv_cache/speed"]
     assert columns == ["batch_size", "new_tokens", "repeats", "tokens_per_s"]
     assert data[1] == [8, 50, 3, 700.0]
+    pairs = [{"order": "on-off", "speedup": 2.0}, {"order": "off-on", "speedup": 3.0}]
+    summary["kv_cache"]["speed"][0]["pairs"] = pairs  # a cell's timed pairs: summary.json only
+    assert not any("/pairs" in key for key in _flatten(summary))
+    columns, data = _row_tables(summary)["kv_cache/speed"]
+    assert json.loads(data[0][columns.index("pairs")]) == pairs  # a table cell holds JSON text
 
 
 def test_traceback_and_boolean_group_override_become_one_line():

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_model import small_model
 
 from vla_ablate import evaluate
@@ -33,8 +34,36 @@ def test_prefix_only_loss_and_leakage_separate_the_masks(actions):
     unmasked = evaluate.mask_audit(small_model(causal=False), actions, actions, CPU, 6)
     assert unmasked["leakage"] > 1e-3
     assert abs(unmasked["cheating_gap"]) > 1e-4
+    # prefix-only minus teacher-forced: positive when a model profits from seeing the future
+    assert unmasked["cheating_gap"] == pytest.approx(
+        unmasked["val_loss_prefix_only"] - unmasked["val_loss_teacher_forced"], abs=1e-12)
 
 
 def test_mask_audit_in_bf16_keeps_a_causal_models_gap_at_zero(actions):
     causal = evaluate.mask_audit(small_model(), actions, actions, CPU, 6, precision="bf16")
     assert abs(causal["cheating_gap"]) < 1e-3 and causal["leakage"] == 0.0
+
+
+def test_prefix_only_loss_runs_each_prefix_alone(actions):
+    """Against an explicit per-prefix computation, on a model that reads the future."""
+    model = small_model(causal=False).eval()
+    x = actions[:3, :10]
+    with torch.no_grad():
+        expected = sum(F.cross_entropy(model(x[:, :t])[0][:, -1], x[:, t], reduction="sum").item()
+                       for t in range(1, 10)) / (3 * 9)
+        teacher_forced = F.cross_entropy(model(x)[0][:, :-1].transpose(1, 2), x[:, 1:]).item()
+    assert evaluate.prefix_only_loss(model, x, CPU) == pytest.approx(expected, abs=1e-6)
+    assert abs(expected - teacher_forced) > 1e-3  # the two differ on this model
+
+
+def test_prefix_only_loss_ignores_the_tokens_after_each_target(actions):
+    """Only the scored targets and their prefixes count: replacing the tokens after the last
+    scored target leaves the loss as it was, even without a causal mask."""
+    model = small_model(causal=False)
+    x = actions[:3, :12]
+    select = torch.zeros(11, dtype=torch.bool)
+    select[:5] = True  # targets 1..5
+    changed = x.clone()
+    changed[:, 6:] = (changed[:, 6:] + 17) % 256
+    assert evaluate.prefix_only_loss(model, changed, CPU, select=select) == pytest.approx(
+        evaluate.prefix_only_loss(model, x, CPU, select=select), abs=1e-7)

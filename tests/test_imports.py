@@ -17,7 +17,8 @@ PACKAGE = ROOT / "vla_ablate"
 LAYERS = [
     ["_version", "errors", "fileio", "precision"],
     ["console", "runfolder", "optim", "plots"],
-    ["data", "data.process", "data.store", "data.tokens", "model"],
+    ["data", "data.process", "data.store", "data.tokens", "data.lerobot", "data.tokenizer",
+     "model"],
     ["factory", "host"],
     ["config"],
     ["training"],

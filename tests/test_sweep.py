@@ -171,7 +171,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, "wandb wrote no offline run inside the run folder"
     rows = history(files[0])
-    steps = [r["_step"] for r in rows if "train/loss" in r]
+    steps = [r["step"] for r in rows if "train/loss" in r]  # the optimizer step (define_metric)
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     expected = [r for r in records if r["split"] == "train"]
     assert steps == [r["step"] for r in expected]
@@ -182,15 +182,17 @@ def test_wandb_offline_run_holds_the_logged_metrics(tmp_path):
     assert images == {"loss_curve", "attention_maps", "kv_cache"}  # plots, and speed as a table
     info = run_info(files[0])
     assert set(info.tags) >= {"pos=rope", "mask=none", "cache=on"}
-    assert info.display_name == "rope-none-on-s42"  # the run's axes
+    assert info.display_name == "smoke-rope-none-on-s42"  # the run's axes, a debug run marked
+    assert info.job_type == "smoke" and "debug" in info.tags
+    assert info.run_group == f"run-{run_dir.parent.name}-run"  # its own group, not "single"
     assert info.config.update  # the config went in
     config = {item.key: json.loads(item.value_json) for item in info.config.update}
     assert config["git_commit"] == json.loads((run_dir / "summary.json").read_text())["git_commit"]
     summary_keys = {item.key for r in wandb_records(files[0]) if r.WhichOneof("record_type") == "summary"
                     for item in r.summary.update}
     speed = json.loads((run_dir / "summary.json").read_text())["kv_cache"]["speed"]
-    assert len([k for k in summary_keys if k.startswith("kv_cache/speed/")
-                and k.endswith("/speedup")]) == len(speed)  # one metric per row
+    assert {f"kv/b{r['batch_size']}_n{r['new_tokens']}/speedup" for r in speed} <= summary_keys
+    assert "val/loss_prefix_only" in summary_keys
     assert not (tmp_path / "wandb").exists()  # nothing written outside the run folder
     assert not (run_dir / "wandb-home").exists() and (run_dir / "wandb" / "home").is_dir()
     assert f"wandb sync {run_dir / 'wandb' / 'offline-run-*'}" in proc.stderr

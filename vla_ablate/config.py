@@ -110,7 +110,7 @@ class EvalConfig:
     gen_prompt_len: int = 10
     gen_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     gen_new_tokens: list[int] = field(default_factory=lambda: [50, 150])
-    gen_repeats: int = 3
+    gen_repeats: int = 6  # timed pairs per cell, in ABBA order (evaluate.py)
     attention_maps: bool = True
 
 

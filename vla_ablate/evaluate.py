@@ -259,14 +259,20 @@ def first_greedy_difference(full, cached, plain, greedy_cached, below=None) -> d
 
 
 def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, device,
-                            given=None) -> list:
+                            given=None, clock=time.perf_counter, warm_each_cell=True) -> list:
     """Cached vs uncached greedy generation, alternated on the same model in this process.
 
-    For each batch size and length: a warm-up of both sides, then ``repeats`` pairs whose order
-    alternates (on-off, off-on, ...) so that drift of the machine's speed hits both sides alike.
-    ``speedup`` is the median over pairs of (uncached time / cached time). ``given``
-    (len(prompts), max(new_tokens), k): a rollout of that many steps, each step's k state tokens
-    from the data; new tokens are then generated actions (one per step).
+    Per cell (batch size x new tokens): an untimed warm-up of both sides at the cell's own
+    shapes, then ``repeats`` timed pairs in a balanced order, on-off, off-on, on-off, ...
+    (ABBA over consecutive pairs), so that drift of the machine's speed hits both sides alike.
+    Without the per-cell warm-up (``warm_each_cell=False``: one short warm-up per batch size,
+    as before) a cell's first pairs pay for shapes never run before (oneDNN primitives, the
+    allocator's pools), a cost that falls on whichever side runs first and fades over the
+    pairs: benchmarks/kv_order.py shows it. Each row keeps every pair (order and both times);
+    ``speedup`` is the median over pairs of (uncached time / cached time), with their min-max.
+    ``given`` (len(prompts), max(new_tokens), k): a rollout of that many steps, each step's k
+    state tokens from the data; new tokens are then generated actions (one per step).
+    ``clock``: seconds, as ``time.perf_counter`` (a test passes a fake one).
     """
     model.eval()
     rows = []
@@ -280,26 +286,44 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
                            given=None if g is None else g[:, :n],
                            sample_below=None if g is None else VOCAB_SIZE)
 
-        for use_cache in (True, False):  # warm-up: allocations, kernels, caches
-            run(min(4, max(new_tokens)), use_cache)
+        if not warm_each_cell:
+            for use_cache in (True, False):
+                run(min(4, max(new_tokens)), use_cache)
         for n in new_tokens:
-            times = {True: [], False: []}
-            for r in range(repeats):
-                for use_cache in ((True, False) if r % 2 == 0 else (False, True)):
-                    _sync(device)
-                    t = time.perf_counter()
+            if warm_each_cell:  # untimed: this cell's shapes, both sides
+                for use_cache in (True, False):
                     run(n, use_cache)
-                    _sync(device)
-                    times[use_cache].append(time.perf_counter() - t)
-            ratios = [off / on for on, off in zip(times[True], times[False])]
-            on_s, off_s = statistics.median(times[True]), statistics.median(times[False])
-            rows.append({"batch_size": batch, "new_tokens": n, "repeats": repeats,
-                         "cache_on_s": on_s, "cache_off_s": off_s,
-                         "tokens_per_s_cache_on": batch * n / on_s,
-                         "tokens_per_s_cache_off": batch * n / off_s,
-                         "speedup": statistics.median(ratios),
-                         "speedup_min": min(ratios), "speedup_max": max(ratios)})
+            pairs = [_timed_pair(lambda c, n=n: run(n, c), r % 2 == 0, device, clock)
+                     for r in range(repeats)]
+            rows.append(_speed_row(batch, n, pairs, warm_each_cell))
     return rows
+
+
+def _timed_pair(run, cache_first: bool, device, clock) -> dict:
+    """One pair: both sides timed back to back, in the given order."""
+    times = {}
+    for use_cache in ((True, False) if cache_first else (False, True)):
+        _sync(device)
+        t = clock()
+        run(use_cache)
+        _sync(device)
+        times[use_cache] = clock() - t
+    return {"order": "on-off" if cache_first else "off-on", "cache_on_s": times[True],
+            "cache_off_s": times[False], "speedup": times[False] / times[True]}
+
+
+def _speed_row(batch: int, n: int, pairs: list, warmed: bool) -> dict:
+    """A cell's summary row: medians of each side, the pairs' ratios, and every pair."""
+    ratios = [p["speedup"] for p in pairs]
+    on_s = statistics.median(p["cache_on_s"] for p in pairs)
+    off_s = statistics.median(p["cache_off_s"] for p in pairs)
+    return {"batch_size": batch, "new_tokens": n, "repeats": len(pairs),
+            "warm_up": "per cell" if warmed else "per batch size",
+            "cache_on_s": on_s, "cache_off_s": off_s,
+            "tokens_per_s_cache_on": batch * n / on_s,
+            "tokens_per_s_cache_off": batch * n / off_s,
+            "speedup": statistics.median(ratios),
+            "speedup_min": min(ratios), "speedup_max": max(ratios), "pairs": pairs}
 
 
 def _sync(device):

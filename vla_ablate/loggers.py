@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from vla_ablate.console import log
-from vla_ablate.runfolder import METRICS_CSV, WANDB, code_version
+from vla_ablate.fileio import write_json
+from vla_ablate.runfolder import METRICS_CSV, WANDB, WANDB_RUN, code_version
 
 CSV_FIELDS = ["step", "split", "loss", "perplexity", "lr", "tokens_per_s", "elapsed_s",
               "action_loss"]  # action_loss: validation records of tokens=state_action runs
 
 
 class Logger:
+    def begin(self, job_type: str) -> None:
+        """What the job does, once known: ``train`` (it trains its model) or ``evaluate`` (it
+        reuses one trained before); called before anything is logged."""
+
     def log_metrics(self, record: dict) -> None:
         pass
 
@@ -81,33 +88,74 @@ def stable_run_id(run_dir) -> str:
     return run_id
 
 
+STEP = "step"  # the optimizer step: every chart's x axis (define_metric), not wandb's _step
+STEPPED = ["train/*", "val/*", "val_subset/*", "audit/*", "kv/*"]
+
+
+@dataclass
+class WandbSettings:
+    """What ``wandb.init`` gets besides the job type, which the pipeline settles later."""
+
+    project: str
+    entity: str | None
+    group: str
+    name: str
+    tags: list[str]
+    config: dict
+    mode: str
+    job_type: str | None = None  # fixed at start for a smoke run ("smoke"), else by begin()
+
+
 class WandbLogger(Logger):
-    def __init__(self, run_dir, wcfg, config: dict, group: str, tags: list[str], name: str,
-                 log=print):
-        offline_wandb_env(run_dir, wcfg.mode)
+    """One wandb run per job, started on ``begin`` (or the first thing logged), so that its
+    ``job_type`` says whether the job trained its model or reused one."""
+
+    def __init__(self, run_dir, settings: WandbSettings, log=print):
+        offline_wandb_env(run_dir, settings.mode)
         import wandb
 
-        self._wandb, self.run_dir, self.mode, self.log = wandb, Path(run_dir), wcfg.mode, log
-        self.run = wandb.init(
-            project=wcfg.project, entity=wcfg.entity, group=wcfg.group or group,
-            tags=[*tags, *wcfg.tags], name=name, config=config, dir=str(run_dir),
-            mode=wcfg.mode, reinit="finish_previous",
-            id=stable_run_id(run_dir), resume="allow",  # a resumed job continues its run
+        self._wandb, self.run_dir, self.settings, self.log = wandb, Path(run_dir), settings, log
+        self.run = None
+        self._last_step = 0
+
+    def begin(self, job_type):
+        if self.run is not None:
+            return
+        st = self.settings
+        self.run = self._wandb.init(
+            project=st.project, entity=st.entity, group=st.group, tags=st.tags, name=st.name,
+            job_type=st.job_type or job_type, config=st.config, dir=str(self.run_dir),
+            mode=st.mode, reinit="finish_previous",
+            id=stable_run_id(self.run_dir), resume="allow",  # a resumed job continues its run
         )
+        self.run.define_metric(STEP)
+        for pattern in STEPPED:
+            self.run.define_metric(pattern, step_metric=STEP)
+        write_json(self.run_dir / WANDB / WANDB_RUN,
+                   {"id": self.run.id, "group": st.group, "project": st.project,
+                    "entity": st.entity, "mode": st.mode, "name": st.name,
+                    "job_type": st.job_type or job_type, "tags": st.tags})
 
     def log_metrics(self, record):
+        self.begin("train")
         split = record.get("split", "train")
         data = {f"{split}/{k}": v for k, v in record.items()
                 if k not in ("step", "split") and v is not None}
-        self.run.log(data, step=record["step"])
+        self._last_step = max(self._last_step, int(record["step"]))
+        self.run.log({STEP: record["step"], **data})
 
     def log_images(self, paths):
+        self.begin("evaluate")
         images = {name: self._wandb.Image(str(p)) for name, p in paths.items() if Path(p).exists()}
         if images:
             self.run.log(images)
 
     def log_summary(self, summary):
-        for key, value in _flatten(summary).items():
+        self.begin("evaluate" if summary.get("trained_here") is False else "train")
+        final = final_metrics(summary)
+        if final:  # beside the curves, at the step the model ended
+            self.run.log({STEP: summary.get("steps") or self._last_step, **final})
+        for key, value in {**summary_metrics(summary), **final}.items():
             self.run.summary[key] = value
         tables = {name: self._wandb.Table(columns=columns, data=data)
                   for name, (columns, data) in _row_tables(summary).items()}
@@ -115,10 +163,49 @@ class WandbLogger(Logger):
             self.run.log(tables)
 
     def finish(self, exit_code=0):
+        if self.run is None:
+            return
         self.run.finish(exit_code=exit_code)
-        if self.mode == "offline":
+        if self.settings.mode == "offline":
             self.log(f"wandb run saved offline in {self.run_dir / 'wandb'}; to upload it: "
                      f"wandb sync {self.run_dir / 'wandb' / 'offline-run-*'}")
+
+
+# the mask audit's figures as metrics of their own; the loss a model scores when each prefix
+# runs alone sits beside the teacher-forced validation loss (val/loss), which an unmasked model
+# wins by seeing the tokens it predicts
+AUDIT_METRICS = {"val_loss_teacher_forced": "val/loss_teacher_forced",
+                 "val_loss_prefix_only": "val/loss_prefix_only",
+                 "seen_loss_teacher_forced": "audit/seen_loss_teacher_forced",
+                 "cheating_gap": "audit/cheating_gap", "leakage": "audit/leakage"}
+
+
+def final_metrics(summary: dict) -> dict:
+    """The evaluations' figures as flat metrics: the mask audit's (``AUDIT_METRICS``) and one
+    key per KV-cache cell and field, e.g. ``kv/b1_n150/speedup``, ``kv/consistency/matches``."""
+    out = {}
+    audit = summary.get("mask_audit") or {}
+    for key, name in AUDIT_METRICS.items():
+        if isinstance(audit.get(key), (int, float)):
+            out[name] = audit[key]
+    kv = summary.get("kv_cache") or {}
+    for row in kv.get("speed") or []:
+        cell = f"kv/b{row.get('batch_size')}_n{row.get('new_tokens')}"
+        out.update({f"{cell}/{k}": v for k, v in row.items()
+                    if k not in ("batch_size", "new_tokens") and isinstance(v, (int, float))})
+    consistency = kv.get("consistency") or {}
+    out.update({f"kv/consistency/{k}": v for k, v in consistency.items()
+                if isinstance(v, (int, float, bool))})
+    return out
+
+
+def summary_metrics(summary: dict) -> dict:
+    """The summary as flat ``a/b/c`` keys, less the KV cache's rows (``final_metrics`` names
+    them) and what ``final_metrics`` already holds."""
+    kv = {k: v for k, v in (summary.get("kv_cache") or {}).items()
+          if k not in ("speed", "consistency")}
+    rest = {k: v for k, v in summary.items() if k not in ("kv_cache", "mask_audit")}
+    return _flatten({**rest, "kv": kv})
 
 
 def _flatten(d, prefix=""):
@@ -133,8 +220,9 @@ def _flatten(d, prefix=""):
         elif _is_rows(value):
             labels = _row_labels(value)
             for label, row in zip(labels, value):
-                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]},
-                                    f"{name}/{label}/"))
+                # a row's own nested rows (a KV cell's timed pairs) stay in summary.json
+                out.update(_flatten({k: v for k, v in row.items() if k not in labels[label]
+                                     and not _is_rows(v)}, f"{name}/{label}/"))
         elif isinstance(value, (int, float, str, bool)) or value is None:
             out[name] = value
     return out
@@ -166,8 +254,13 @@ def _row_tables(d, prefix="") -> dict:
             out.update(_row_tables(value, f"{name}/"))
         elif _is_rows(value):
             columns = list(dict.fromkeys(k for row in value for k in row))
-            out[name] = (columns, [[row.get(c) for c in columns] for row in value])
+            # nested rows (a KV cell's timed pairs) as JSON text: a table cell holds a value
+            out[name] = (columns, [[_cell(row.get(c)) for c in columns] for row in value])
     return out
+
+
+def _cell(value):
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def make_logger(cfg, run_dir, hc, axes) -> Logger:
@@ -175,12 +268,29 @@ def make_logger(cfg, run_dir, hc, axes) -> Logger:
     if name == "csv":
         return CsvLogger(run_dir)
     if name == "wandb":
-        group = "single" if hc.mode != RunMode.MULTIRUN else _sweep_id(hc)
-        tags = [f"{k}={v}" for k, v in axes.items()]
-        config = {**OmegaConf.to_container(cfg, resolve=True), **code_version()}
-        return WandbLogger(run_dir, cfg.logger.wandb, config, group, tags, name=run_name(axes),
-                           log=log)
+        return WandbLogger(run_dir, wandb_settings(cfg, run_dir, hc, axes), log=log)
     return Logger()
+
+
+def debug_mode(cfg, hc) -> str | None:
+    """The ``debug`` option a job was composed with (``debug=smoke``: ``smoke``), or None."""
+    choice = hc.runtime.choices.get("debug") if hc.runtime.get("choices") else None
+    return choice or cfg.get("debug") or None
+
+
+def wandb_settings(cfg, run_dir, hc, axes) -> WandbSettings:
+    """A job's wandb run: named by its axes (``smoke-`` in front for a debug run), grouped by
+    its sweep (a single run: by its own folder), tagged with the axes and ``debug``."""
+    wcfg = cfg.logger.wandb
+    debug = debug_mode(cfg, hc)
+    tags = [f"{k}={v}" for k, v in axes.items()] + (["debug", f"debug={debug}"] if debug else [])
+    config = {**OmegaConf.to_container(cfg, resolve=True), **code_version(),
+              "axes": dict(axes), "debug": debug}
+    name = run_name(axes)
+    return WandbSettings(
+        project=wcfg.project, entity=wcfg.entity, group=wcfg.group or sweep_id(hc, run_dir),
+        name=f"{debug}-{name}" if debug else name, tags=[*tags, *wcfg.tags], config=config,
+        mode=wcfg.mode, job_type="smoke" if debug else None)
 
 
 def run_name(axes: dict) -> str:
@@ -189,6 +299,10 @@ def run_name(axes: dict) -> str:
     return name if axes.get("tokens", "action") == "action" else f"{name}-{axes['tokens']}"
 
 
-def _sweep_id(hc) -> str:
-    folder = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.run.dir
-    return "-".join(Path(folder).parts[-2:])
+def sweep_id(hc, run_dir) -> str:
+    """The wandb group: the sweep folder's last two parts (``2026-12-03-08-10-00``), or for a
+    single run ``run-`` and its own folder's (each single run its own group). ``python -m
+    analysis SWEEP --wandb`` reads it from ``wandb/run.json`` to log the report beside."""
+    if hc.mode == RunMode.MULTIRUN:
+        return "-".join(Path(hc.sweep.dir).parts[-2:])
+    return "run-" + "-".join(Path(run_dir).parts[-2:])

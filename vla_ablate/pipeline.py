@@ -56,13 +56,12 @@ def execute(cfg, job, logger: Logger) -> dict:
         log(f"tokens={layout.name}: each step is {', '.join(layout.state)} in {layout.bins} bins "
             f"each, then its action ({layout.per_step} tokens per step, vocabulary "
             f"{layout.vocab_size}); training loss over {layout.loss} tokens")
-    train_actions, val_actions, fresh = load_data(cfg, layout)
+    train_actions, val_actions, batches = training_data(cfg, layout)
     shared = job.multirun and cfg.train.share_models
     train_dir = Path(HydraConfig.get().sweep.dir) / MODELS / job.key if shared else job.run_dir
     log(f"job {job.run_dir} | pos={cfg.pos.name} mask={cfg.mask.name} cache="
         f"{'on' if cfg.cache.enabled else 'off'} seed={cfg.seed} | {threads} threads, "
         f"{job.device}")
-    batches = BatchSource(train_actions, cfg.train.batch_size, cfg.seed, fresh)
     result, trained_here = train_or_reuse(cfg, job, train_dir, batches, val_actions, logger)
     summary = summarise(cfg, job, result, train_dir, trained_here, threads)
     if result["status"] == "completed" and cfg.eval.enabled:
@@ -91,10 +90,10 @@ def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> t
         # a job stopped while evaluating, re-run: the model is still its own training
         by = read_json(trainer)
         trained_here = train_now or (isinstance(by, dict) and by.get("job") == job.run_dir.name)
+        logger.begin("train" if train_now else "evaluate")
         if train_now:
             write_json(trainer, {"job": job.run_dir.name})  # the job that trained it last
-            torch.manual_seed(cfg.seed)
-            model = DecoderOnlyTransformer(**job.model_args)
+            model = initial_model(cfg, job.model_args)
             log(f"training model {job.key} ({model.num_parameters():,} parameters) in "
                 f"{train_dir}")
             result = train(model, job.model_args, batches, val_actions, cfg.train, train_dir,
@@ -147,6 +146,22 @@ def title(cfg, job) -> str:
     tokens = job.axes["tokens"]
     return (f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
             + ("" if tokens == "action" else f" tokens={tokens}"))
+
+
+def training_data(cfg, layout: TokenLayout):
+    """(first-epoch training sequences, validation sequences, the ``BatchSource`` of every
+    step): functions of the data settings and ``seed`` alone, never of the model's settings,
+    so that pos=rope and pos=sinusoidal at one seed train and validate on the same tokens."""
+    train_actions, val_actions, fresh = load_data(cfg, layout)
+    return train_actions, val_actions, BatchSource(train_actions, cfg.train.batch_size,
+                                                   cfg.seed, fresh)
+
+
+def initial_model(cfg, model_args: dict) -> DecoderOnlyTransformer:
+    """The untrained model: initialised from ``seed`` alone, so models that differ only in
+    their positional encoding start from the same weights in every shared parameter."""
+    torch.manual_seed(cfg.seed)
+    return DecoderOnlyTransformer(**model_args)
 
 
 def load_data(cfg, layout: TokenLayout | None = None):

@@ -47,6 +47,7 @@ ERROR_LOG = "error.log"
 HYDRA = ".hydra"
 JOB_CONFIG = f"{HYDRA}/config.yaml"  # the composed config a job ran with
 WANDB = "wandb"  # the wandb logger's offline run and caches
+WANDB_RUN = "run.json"  # in wandb/: the job's wandb run (id, group, project, mode, name)
 _HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 # where a model is trained: the job folder, or <sweep>/models/<key>/ for a shared one
 MODELS = "models"

@@ -39,8 +39,10 @@ def forward_kinematics_7dof(joint_angles):
     return np.stack([x, y, z], axis=-1)
 
 
-def _simulate(start_joints, targets, seq_length, noise_std, rng, progress=False):
-    """Run the process for N trajectories at once. Returns states (N,T,10) f32, actions (N,T) i64."""
+def _simulate(start_joints, targets, seq_length, noise_std, rng, progress=False, deltas=None):
+    """Run the process for N trajectories at once. Returns states (N,T,10) f32, actions (N,T) i64.
+
+    ``deltas`` (N, T, 7): filled with each step's joint change, the continuous action."""
     q = np.array(start_joints, dtype=np.float64)  # (N, 7)
     targets = np.asarray(targets, dtype=np.float64)  # (N, 3)
     n = q.shape[0]
@@ -69,7 +71,10 @@ def _simulate(start_joints, targets, seq_length, noise_std, rng, progress=False)
         delta[:, 3:] = 0.02 * np.abs(err).max(axis=-1, keepdims=True)
         delta[~moving] = 0.0
         delta += noise_std * rng.standard_normal((n, NUM_JOINTS))
-        q = np.clip(q + np.clip(delta, -0.15, 0.15), -np.pi, np.pi)
+        moved = np.clip(q + np.clip(delta, -0.15, 0.15), -np.pi, np.pi)
+        if deltas is not None:
+            deltas[:, t] = moved - q
+        q = moved
     return states, actions
 
 
@@ -91,6 +96,14 @@ def generate_dataset(num_trajectories=10000, seq_length=50, seed=42, progress=No
 
     The same seed gives the same data on any machine (numpy's PCG64 stream, float64 arithmetic).
     """
+    data = generate_continuous(num_trajectories, seq_length, seed, progress)
+    return {"states": data["states"], "actions": data["actions"]}
+
+
+def generate_continuous(num_trajectories=10000, seq_length=50, seed=42, progress=None):
+    """The course's process with its continuous actions: ``generate_dataset``'s states and
+    tokens (the same for the same seed) and ``deltas`` float32 (N, T, 7), each step's joint
+    change (the action before it is quantised into a token)."""
     if num_trajectories < 1 or seq_length < 1:
         raise ValueError("num_trajectories and seq_length must be positive")
     rng = np.random.default_rng(seed)
@@ -98,8 +111,11 @@ def generate_dataset(num_trajectories=10000, seq_length=50, seed=42, progress=No
     targets = rng.uniform(-1.5, 1.5, size=(num_trajectories, 3))
     if progress is None:
         progress = num_trajectories * seq_length >= _PROGRESS_MIN_STEPS
-    states, actions = _simulate(start, targets, seq_length, 0.02, rng, progress=progress)
-    return {"states": torch.from_numpy(states), "actions": torch.from_numpy(actions)}
+    deltas = np.empty((num_trajectories, seq_length, NUM_JOINTS), dtype=np.float32)
+    states, actions = _simulate(start, targets, seq_length, 0.02, rng, progress=progress,
+                                deltas=deltas)
+    return {"states": torch.from_numpy(states), "actions": torch.from_numpy(actions),
+            "deltas": torch.from_numpy(deltas)}
 
 
 def split_indices(num_trajectories, train_split=0.9):

@@ -1,0 +1,111 @@
+"""Continuous values -> tokens: per-dimension bins fitted on the training episodes only.
+
+``uniform``: ``bins`` equal bins between each dimension's 1st and 99th percentile (values
+beyond fall in the end bins), as RT-2 and OpenVLA bin actions. ``quantile``: equal-mass bins
+(edges at the training values' quantiles). A token decodes to its bin's midpoint, so inside the
+fitted range a round trip is off by at most half a bin.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_ablate.fileio import atomic_write
+
+KINDS = ("uniform", "quantile")
+
+
+@dataclass
+class BinTokenizer:
+    """``edges``: (D, bins + 1) per dimension, increasing."""
+
+    kind: str
+    edges: np.ndarray
+
+    @property
+    def bins(self) -> int:
+        return self.edges.shape[1] - 1
+
+    @property
+    def dims(self) -> int:
+        return self.edges.shape[0]
+
+    @classmethod
+    def fit(cls, values: np.ndarray, kind: str = "uniform", bins: int = 256) -> BinTokenizer:
+        """Fit on ``values`` (frames, D): the training episodes' frames, never validation's."""
+        if kind not in KINDS:
+            raise ValueError(f"tokenizer must be {' or '.join(KINDS)}, got '{kind}'")
+        values = np.asarray(values, dtype=np.float64)
+        if kind == "uniform":
+            lo, hi = np.percentile(values, [1, 99], axis=0)
+            hi = np.where(hi > lo, hi, lo + 1e-6)  # a constant dimension: one narrow range
+            edges = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, bins + 1)[None]
+        else:
+            edges = np.quantile(values, np.linspace(0, 1, bins + 1), axis=0).T
+            # repeated values give equal edges: spread them so every bin has a width
+            edges = np.maximum.accumulate(edges + np.arange(bins + 1) * 1e-9, axis=1)
+        return cls(kind, edges)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """(..., D) values -> (..., D) int64 tokens in [0, bins)."""
+        values = np.asarray(values, dtype=np.float64)
+        tokens = np.empty(values.shape, dtype=np.int64)
+        for d in range(self.dims):
+            inner = self.edges[d, 1:-1]  # bins - 1 inner edges
+            tokens[..., d] = np.searchsorted(inner, values[..., d], side="right")
+        return tokens
+
+    def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """(..., D) tokens -> (..., D) bin midpoints."""
+        tokens = np.clip(np.asarray(tokens, dtype=np.int64), 0, self.bins - 1)
+        mids = (self.edges[:, :-1] + self.edges[:, 1:]) / 2  # (D, bins)
+        return mids[np.arange(self.dims), tokens]
+
+    def round_trip_error(self, values: np.ndarray) -> np.ndarray:
+        """Mean absolute error per dimension that binning alone imposes on ``values``."""
+        values = np.asarray(values, dtype=np.float64)
+        return np.abs(self.decode(self.encode(values)) - values).reshape(-1, self.dims).mean(0)
+
+    def save(self, path) -> None:
+        text = json.dumps({"kind": self.kind, "edges": self.edges.tolist()})
+        atomic_write(Path(path), text.encode())
+
+    @classmethod
+    def load(cls, path) -> BinTokenizer:
+        raw = json.loads(Path(path).read_text())
+        return cls(raw["kind"], np.asarray(raw["edges"], dtype=np.float64))
+
+
+def split_episodes(n: int, train_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) episode indices: a seeded shuffle of whole episodes, so no
+    episode is on both sides."""
+    if n < 2:
+        raise ValueError(f"{n} episode(s): need 2 or more to split into training and validation")
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = min(max(int(n * train_split), 1), n - 1)
+    return np.sort(order[:n_train]), np.sort(order[n_train:])
+
+
+def windows(lengths: list[int], window: int, rng: np.random.Generator) -> np.ndarray:
+    """One epoch's windows, (W, 2) rows of (episode, first frame): each episode at least
+    ``window`` long gives ``len // window`` windows at fresh random offsets; shorter ones none."""
+    rows = []
+    for e, n in enumerate(lengths):
+        count = n // window
+        if count:
+            starts = rng.integers(0, n - window + 1, size=count)
+            rows += [(e, int(s)) for s in starts]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def fit_tokenizers(actions: list[np.ndarray], states: list[np.ndarray] | None,
+                   train: np.ndarray, kind: str, bins: int = 256):
+    """(action tokenizer, state tokenizer or None) fitted on the episodes ``train`` alone."""
+    action = BinTokenizer.fit(np.concatenate([actions[i] for i in train]), kind, bins)
+    state = None if states is None else BinTokenizer.fit(
+        np.concatenate([states[i] for i in train]), kind, bins)
+    return action, state
