@@ -82,5 +82,10 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``vla-ablate-report`` (pyproject's ``[project.scripts]``)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -2,7 +2,7 @@
 of the files a job writes, and how a mean with its interval reads in text.
 
 The analysis reads run folders only and imports nothing from ``vla_ablate``, so the run-folder
-file names are copies of that format (README, "Run folders"), kept here once.
+file names are copies of that format (docs/run-folder.md), kept here once.
 """
 
 from __future__ import annotations

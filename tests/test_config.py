@@ -62,7 +62,7 @@ def test_smoke_preset_is_tiny():
 
 
 def test_ablation_experiment_declares_the_full_sweep():
-    cfg = compose_cfg(["+experiment=ablation"], hydra_config=True)
+    cfg = compose_cfg(["experiment=ablation"], hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert set(params) == {"pos", "mask", "cache", "seed"}
     assert len(str(params["seed"]).split(",")) == 3
@@ -73,7 +73,7 @@ def test_ablation_experiment_declares_the_full_sweep():
 
 
 def test_unified_experiment_declares_the_token_comparison():
-    cfg = compose_cfg(["+experiment=unified"], hydra_config=True)
+    cfg = compose_cfg(["experiment=unified"], hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert params == {"tokens": "action,state_action", "seed": "1,2,3"}
     assert cfg.pos.name == "rope" and cfg.mask.name == "causal"
@@ -81,8 +81,8 @@ def test_unified_experiment_declares_the_token_comparison():
     # its action-token jobs reuse the ablation's RoPE/causal models: the same training config
     from vla_ablate.config import model_key
 
-    ablation = compose_cfg(["+experiment=ablation", "seed=2"])
-    assert model_key(compose_cfg(["+experiment=unified", "tokens=action", "seed=2"])) == \
+    ablation = compose_cfg(["experiment=ablation", "seed=2"])
+    assert model_key(compose_cfg(["experiment=unified", "tokens=action", "seed=2"])) == \
         model_key(ablation)
 
 
@@ -105,6 +105,18 @@ def test_hydra_settings():
     assert cfg.hydra.job.name == "vla_ablate"
     assert cfg.hydra.run.dir.startswith("outputs/runs/")
     assert cfg.hydra.sweep.dir.startswith("outputs/multirun/")
+    # smoke runs land apart, where nothing looks for the newest real sweep
+    smoke = compose_cfg(["debug=smoke"], hydra_config=True)
+    assert smoke.hydra.run.dir.startswith("outputs/debug/runs/")
+    assert smoke.hydra.sweep.dir.startswith("outputs/debug/multirun/")
+
+
+def test_optional_groups_take_no_plus():
+    """``experiment``, ``debug`` and ``hparams_search`` are in the defaults list (as null), so
+    ``experiment=ablation`` composes as ``debug=smoke`` does."""
+    cfg = compose_cfg(["experiment=ablation", "debug=smoke"], hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.runtime.choices.experiment == "ablation"
+    assert cfg.model.dim == 32  # debug applies after the experiment
 
 
 @pytest.mark.parametrize("override,fragment", [

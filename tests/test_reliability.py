@@ -296,6 +296,9 @@ BAD_INPUTS = [
     ("pos.base=-1", "pos.base must be > 0, got -1.0"),
     ("cache=true", "cache=true: the cache group takes an option name, not a boolean "
                    "(available: off, on)"),
+    ("+experiment=ablation", "+experiment=ablation: experiment is in the defaults list now; "
+                             "write experiment=ablation (no +)"),
+    ("pos=spiral", "Could not find 'pos/spiral'"),
 ]
 
 
@@ -304,7 +307,7 @@ def test_bad_input_one_line_nonzero_before_work(tmp_path, override, message):
     run_dir = tmp_path / "run"
     proc = run_cli([*SMOKE, override, f"hydra.run.dir={run_dir}",
                     f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2  # every user error, Hydra's composition errors too
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert message in lines[0]
@@ -391,7 +394,7 @@ def test_two_problems_in_a_sweep_are_two_lines(tmp_path):
 
 def test_cfg_with_multirun_is_one_line(tmp_path):
     proc = run_cli(["-m", "seed=1,2", "--cfg", "hydra"], cwd=tmp_path, check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a user error, as every other
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Only one of --run, --multirun, --cfg")
     assert "Traceback" not in proc.stderr
@@ -412,13 +415,13 @@ def test_sigterm_default_folder_prints_the_resume_command_and_wandb_continues(tm
     proc = subprocess.Popen([sys.executable, "-m", "vla_ablate", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     end = time.time() + 300
-    while not list((tmp_path / "outputs" / "runs").glob("*/*/checkpoints/step_0000020.pt")):
+    while not list((tmp_path / "outputs" / "debug" / "runs").glob("*/*/checkpoints/step_0000020.pt")):
         assert proc.poll() is None and time.time() < end, proc.stderr.read()
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
-    run_dir = next((tmp_path / "outputs" / "runs").glob("*/*"))
+    run_dir = next((tmp_path / "outputs" / "debug" / "runs").glob("*/*"))
     hint = [line for line in stderr.splitlines() if "to resume: " in line]
     assert len(hint) == 1, stderr
     command = shlex.split(hint[0].split("to resume: ", 1)[1])
@@ -428,7 +431,7 @@ def test_sigterm_default_folder_prints_the_resume_command_and_wandb_continues(tm
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from checkpoint at step" in resumed.stderr
-    assert len(list((tmp_path / "outputs" / "runs").glob("*/*"))) == 1  # no second folder
+    assert len(list((tmp_path / "outputs" / "debug" / "runs").glob("*/*"))) == 1  # no second folder
     files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 2
     assert run_info(files[0]).run_id == run_info(files[1]).run_id  # one run, continued

@@ -123,18 +123,18 @@ def test_rerun_with_another_training_config_is_refused_untouched(tmp_path):
 
 def test_default_output_folders(tmp_path):
     run_cli([*SMOKE, "eval.enabled=false", f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
-    runs = list((tmp_path / "outputs" / "runs").glob("*/*/summary.json"))
+    runs = list((tmp_path / "outputs" / "debug" / "runs").glob("*/*/summary.json"))
     assert len(runs) == 1
     run_cli(["-m", *SMOKE, "eval.enabled=false", "seed=1,2", f"data.cache_dir={tmp_path / 'ds'}"],
             cwd=tmp_path)
-    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/summary.json"))
+    jobs = sorted((tmp_path / "outputs" / "debug" / "multirun").glob("*/*/*/summary.json"))
     assert [p.parent.name for p in jobs] == ["debug=smoke,eval.enabled=False,seed=1",
                                              "debug=smoke,eval.enabled=False,seed=2"]
 
 
 def test_ablation_preset_runs_as_a_sweep_without_m(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli(["+experiment=ablation", *SMOKE, "eval.enabled=false", "hydra.sweeper.params.pos=rope",
+    run_cli(["experiment=ablation", *SMOKE, "eval.enabled=false", "hydra.sweeper.params.pos=rope",
              "hydra.sweeper.params.mask=causal", "hydra.sweeper.params.seed=1",
              f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"], cwd=tmp_path)
     found = summaries(sweep)
@@ -144,7 +144,7 @@ def test_ablation_preset_runs_as_a_sweep_without_m(tmp_path):
 
 def test_rerunning_a_sweep_completes_only_what_is_missing(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["+experiment=ablation", *SMOKE, "hydra.sweeper.params.pos=rope",
+    args = ["experiment=ablation", *SMOKE, "hydra.sweeper.params.pos=rope",
             "hydra.sweeper.params.mask=causal", "hydra.sweeper.params.seed='1,2'",
             f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"]
     run_cli(args, cwd=tmp_path)
@@ -249,6 +249,10 @@ def test_parallel_sweep_with_a_failed_job_exits_1(tmp_path, launcher):
     diverged = [name for name, s in summaries(sweep).items() if s["status"] == "diverged"]
     assert len(diverged) == 1 and "train.lr=1000000.0" in diverged[0]
     assert str(sweep / diverged[0]) in proc.stderr
+    # the launching process says each job's start and end, whichever process ran it
+    for num in (1, 2):
+        assert f"[vla_ablate] job {num}/2 started: " in proc.stderr, proc.stderr
+    assert "(diverged" in proc.stderr and "(completed" in proc.stderr, proc.stderr
 
 
 def test_bf16_greedy_decoding_on_a_trained_model_matches_uncached(smoke_sweep):

@@ -1,4 +1,4 @@
-"""``python -m vla_ablate [overrides]`` and ``python -m vla_ablate -m ...`` (sweeps)."""
+"""``vla-ablate [overrides]`` (or ``python -m vla_ablate``), and ``-m ...`` for sweeps."""
 
 import json
 import os
@@ -20,7 +20,11 @@ def main(cfg):
     return objective(cfg, run_job(cfg))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script ``vla-ablate`` (pyproject's ``[project.scripts]``) and ``python -m
+    vla_ablate``: Hydra's app, its errors on one line, the exit status counting failed jobs.
+    Hydra's tab completion needs a command of its own: ``eval "$(vla-ablate -sc install=bash)"``.
+    """
     os.environ[ARGV_ENV] = json.dumps(sys.argv[1:])  # for the resume hint, also in workers
     with hydra_errors_on_one_line():
         main()
@@ -29,3 +33,7 @@ if __name__ == "__main__":
         for folder in FAILED:
             print(f"  {folder}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

@@ -22,6 +22,7 @@ from pathlib import Path
 from vla_ablate.errors import CommandError, first_line
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+USAGE = 2  # the exit code of every user error: a command line, a config or a file refused
 
 _NOISE = ("Set the environment variable HYDRA_FULL_ERROR", "Config search path",
           "provider=", "reference_type=", "object_type=", "To append to your config")
@@ -118,7 +119,19 @@ def one_line(report: str, argv=None) -> str:
     text = "; ".join(parts) or "invalid configuration"
     if options:
         text += f" (available: {', '.join(options)})"
-    return f"error: {text}"
+    return f"error: {_respelled(text, sys.argv[1:] if argv is None else argv)}"
+
+
+def _respelled(message: str, argv) -> str:
+    """``+experiment=ablation`` (the spelling before ``experiment: null`` joined the defaults,
+    as ``+debug=``, ``+hparams_search=``) answered with the spelling that works now."""
+    found = re.match(r"Multiple values for (\w+)", message)
+    for arg in argv if found else ():
+        group, _, option = arg.partition("=")
+        if group == f"+{found.group(1)}":
+            return (f"{arg}: {found.group(1)} is in the defaults list now; write "
+                    f"{found.group(1)}={option} (no +)")
+    return message
 
 
 def _explain(message: str, argv) -> str:
@@ -152,16 +165,17 @@ def hydra_errors_on_one_line():
     try:
         yield
     except SystemExit as exit_:
-        if not _gate.open and exit_.code not in (0, None):
+        if not _gate.open and exit_.code not in (0, None):  # Hydra refused the command line
             _gate.held = [one_line("".join(_gate.held)) + "\n"]
+            raise SystemExit(USAGE) from None
         raise
     except Exception as err:  # a usage error Hydra raises instead of reporting (-m with --cfg)
         if _gate.open or isinstance(err, BrokenPipeError):
             raise
         message = first_line(err)
-        hint = next((h for k, h in _USAGE_HINTS.items() if message.startswith(k)), "")
-        _gate.held = [f"error: {message}{hint}\n"]
-        raise SystemExit(1) from None
+        usage = [h for k, h in _USAGE_HINTS.items() if message.startswith(k)]
+        _gate.held = [f"error: {message}{''.join(usage)}\n"]
+        raise SystemExit(USAGE if usage else 1) from None  # else ours, not the user's
     finally:
         _gate.release()
         sys.stderr = real
@@ -174,7 +188,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, ``error: ...``, with exit code 2 (no usage dump)."""
 
     def error(self, message):
-        self.exit(2, f"error: {message}\n")
+        self.exit(USAGE, f"error: {message}\n")
 
 
 def run_command(main_fn, argv=None) -> int:
@@ -183,7 +197,7 @@ def run_command(main_fn, argv=None) -> int:
         return main_fn(argv) or 0
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return USAGE
 
 
 def _number(cast, ok, expected: str, name: str):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 from vla_ablate import evaluate, plots, runfolder
 from vla_ablate.console import log
 from vla_ablate.data.process import derived_seed, generate_dataset
@@ -15,41 +18,62 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                     layout: TokenLayout, title: str) -> dict:
     """The per-run evaluations, counted in steps and scored on action tokens in every layout."""
     e = cfg.eval
-    log(f"evaluating in {precision}: mask audit, position shift, extrapolation, KV cache")
-    out = {
-        "mask_audit": evaluate.mask_audit(model, seen_actions, val_actions, device,
-                                          e.audit_trajectories, precision, layout),
-        "position_shift": evaluate.position_shift(model, val_actions[: e.shift_trajectories],
-                                                  list(e.position_shifts), device, precision,
-                                                  layout),
-        "extrapolation": evaluate.extrapolation(model, cfg.data.seed, cfg.data.seq_length,
-                                                list(e.extrapolation_factors),
-                                                e.extrapolation_trajectories, device, precision,
-                                                layout),
-    }
+    step = _Steps(["mask audit", "position shift", "extrapolation", "KV-cache consistency",
+                   "KV-cache speed", *(["attention maps"] if e.attention_maps else [])])
+    log(f"evaluating in {precision}: {', '.join(step.names)}")
+    out = {}
+    with step():
+        out["mask_audit"] = evaluate.mask_audit(model, seen_actions, val_actions, device,
+                                                e.audit_trajectories, precision, layout)
+    with step():
+        out["position_shift"] = evaluate.position_shift(
+            model, val_actions[: e.shift_trajectories], list(e.position_shifts), device,
+            precision, layout)
+    with step():
+        out["extrapolation"] = evaluate.extrapolation(
+            model, cfg.data.seed, cfg.data.seq_length, list(e.extrapolation_factors),
+            e.extrapolation_trajectories, device, precision, layout)
     gen_model = evaluate.generation_model(model, precision,
                                           compile_decode=use_compile_decode(cfg.train.compile,
                                                                             device))
     prompts, given, new = consistency_inputs(cfg, layout, val_actions)
     first = None if given is None else given[:4, :new]
-    out["kv_cache"] = {
-        "consistency": evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
-                                                     given=first),
-        "precision": precision,
-        # both sides on this model in this process, alternated: a paired ratio per model
-        "speed": evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
-                                                  list(e.gen_new_tokens), e.gen_repeats, device,
-                                                  given=given),
-        "concurrent_jobs": jobs_at_once(cfg),
-    }
+    with step():
+        consistency = evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
+                                                    given=first)
+    with step():  # both sides on this model in this process, alternated: a paired ratio
+        speed = evaluate.paired_generation_speed(gen_model, prompts, list(e.gen_batch_sizes),
+                                                 list(e.gen_new_tokens), e.gen_repeats, device,
+                                                 given=given)
+    out["kv_cache"] = {"consistency": consistency, "precision": precision, "speed": speed,
+                       "concurrent_jobs": jobs_at_once(cfg)}
     if e.attention_maps:  # over steps: with state tokens, the rows that predict the actions
-        maps = [layout.step_attention(m[0])
-                for m in model.attention_maps(val_actions[:1].to(device))]
-        what = "" if layout.name == "action" else " (rows: the query predicting each action)"
-        plots.attention_maps(maps, run_dir / ATTENTION_MAPS_PNG,
-                             title=f"{title}: attention on one validation trajectory{what}")
-        runfolder.write_attention_maps(run_dir, maps, layout.actions_of(val_actions[0]))
+        with step():
+            maps = [layout.step_attention(m[0])
+                    for m in model.attention_maps(val_actions[:1].to(device))]
+            what = "" if layout.name == "action" else " (rows: the query predicting each action)"
+            plots.attention_maps(maps, run_dir / ATTENTION_MAPS_PNG,
+                                 title=f"{title}: attention on one validation trajectory{what}")
+            runfolder.write_attention_maps(run_dir, maps, layout.actions_of(val_actions[0]))
+    log(f"evaluations done in {time.perf_counter() - step.t0:.1f} s")
     return out
+
+
+class _Steps:
+    """``with steps():`` around each evaluation in turn: a line as each one starts
+    (``evaluation 2/6: position shift``), so the console moves while they run."""
+
+    def __init__(self, names: list[str]):
+        self.names, self.done, self.t0 = names, 0, time.perf_counter()
+
+    @contextmanager
+    def __call__(self):
+        self.done += 1
+        t0 = time.perf_counter()
+        log(f"evaluation {self.done}/{len(self.names)}: {self.names[self.done - 1]}")
+        yield
+        if time.perf_counter() - t0 > 10:  # a slow one says what it cost
+            log(f"  {self.names[self.done - 1]} took {time.perf_counter() - t0:.0f} s")
 
 
 def consistency_inputs(cfg, layout: TokenLayout, val_seqs):

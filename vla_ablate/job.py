@@ -25,7 +25,7 @@ from hydra.types import RunMode
 
 from vla_ablate import pipeline
 from vla_ablate.config import model_key, resolve_data_path, training_config, validate
-from vla_ablate.console import error, log
+from vla_ablate.console import USAGE, error, log
 from vla_ablate.data.tokens import TokenLayout
 from vla_ablate.errors import ConfigError
 from vla_ablate.factory import model_args_from_config
@@ -55,7 +55,7 @@ from vla_ablate.training.checkpoint import Checkpoints
 from vla_ablate.training.signals import JobInterrupted, TrainingInterrupted, stop_on_signals
 from vla_ablate.training.signals import signals_stop_the_job as stops_the_job
 
-EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": 2, "diverged": 3, "interrupted": 130}
+EXIT_CODES = {"completed": 0, "failed": 1, "bad_config": USAGE, "diverged": 3, "interrupted": 130}
 # (an interrupted job exits with 128 + the signal number: 130 for Ctrl-C, 143 for SIGTERM)
 LAUNCH_ENV = "VLA_ABLATE_LAUNCH"  # one id per `python -m vla_ablate -m` (vla_ablate/sweep.py)
 ARGV_ENV = "VLA_ABLATE_ARGV"  # the command line, for the resume hint in worker processes
@@ -258,7 +258,7 @@ def _earlier_wall_time(run_dir: Path) -> float:
 def completed_before(run_dir: Path) -> dict | None:
     """A sweep job whose folder already holds a completed run: its summary, so that re-running a
     sweep command on its folder completes only what is missing (a single run in a folder is
-    re-evaluated instead, see README). The folder is bound to the same training config
+    re-evaluated instead, see docs/running.md). The folder is bound to the same training config
     (``bind_check`` checked it), and its name holds the job's overrides."""
     summary = read_json(run_dir / SUMMARY)
     if not isinstance(summary, dict) or summary.get("status") != "completed":

@@ -1,4 +1,4 @@
-"""The run-folder format, written here and nowhere else (docs: README, "What a run writes").
+"""The run-folder format, written here and nowhere else (docs: docs/run-folder.md).
 
 A job folder holds:
 

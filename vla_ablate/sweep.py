@@ -9,6 +9,8 @@ that launches the jobs, whatever the launcher:
 - ``cache`` becomes the outermost axis, so the jobs that reuse a model (its ``cache`` twins) are
   launched after every model's first job instead of beside it: parallel slots train models
   first (a twin that gets a slot before its model's training ends still waits on its lock);
+- while the jobs run, a line per job started and finished, read from the jobs' ``summary.json``
+  (so under joblib and submitit too, whose jobs print elsewhere or nowhere);
 - afterwards, the jobs of this launch that did not complete are counted from their
   ``summary.json`` (the jobs may have run in other processes or on other machines), so the
   exit status reflects them.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -27,13 +30,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from vla_ablate.config import resolve_data_path, training_config, validate
-from vla_ablate.console import one_line, report
+from vla_ablate.console import USAGE, one_line, report
 from vla_ablate.errors import ConfigError
 from vla_ablate.fileio import write_json
 from vla_ablate.job import LAUNCH_ENV
 from vla_ablate.runfolder import SUMMARY, SWEEP_JOBS, bind_check, read_json
 
 FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
+_WATCH: list[JobWatch] = []  # not on the callback: launchers pickle it with every job
 
 
 class SweepChecks(Callback):
@@ -44,11 +48,65 @@ class SweepChecks(Callback):
         problems, folders = checked_jobs(config)
         if problems:
             report(problems)
-            sys.exit(2)
+            sys.exit(USAGE)
         list_jobs(Path(config.hydra.sweep.dir), folders)
+        _WATCH[:] = [JobWatch(Path(config.hydra.sweep.dir), os.environ[LAUNCH_ENV], folders)]
+        _WATCH[0].start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        for watch in _WATCH:
+            watch.close()
+        _WATCH.clear()
         FAILED[:] = failed_jobs(Path(config.hydra.sweep.dir), os.environ.get(LAUNCH_ENV))
+
+
+class JobWatch(threading.Thread):
+    """A line on stderr per job of this launch started and finished, whichever launcher runs
+    it, read every ``every`` seconds from the jobs' ``summary.json`` (a job whose whole run
+    falls between two reads gets both lines at once). ``folders``: the jobs in launch order,
+    numbered ``i/N``; empty (a sweeper that picks jobs as it goes), every job folder found."""
+
+    def __init__(self, sweep_dir: Path, launch_id: str, folders: list[Path], every=1.0):
+        super().__init__(daemon=True, name="vla_ablate-job-watch")
+        self.sweep_dir, self.launch_id, self.folders = sweep_dir, launch_id, folders
+        self.every, self.stop = every, threading.Event()
+        self.started: set[Path] = set()
+        self.finished: set[Path] = set()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.poll()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(timeout=10)
+        self.poll()  # the last jobs' lines
+
+    def poll(self) -> None:
+        folders = self.folders or sorted(p.parent for p in self.sweep_dir.glob(f"*/{SUMMARY}"))
+        for num, folder in enumerate(folders, 1):
+            if folder in self.finished:
+                continue
+            try:
+                summary = json.loads((folder / SUMMARY).read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # not started, or being written
+            if not isinstance(summary, dict) or summary.get("launch_id") != self.launch_id:
+                continue
+            which = f"job {num}/{len(folders)}" if self.folders else "job"
+            if folder not in self.started:
+                self.started.add(folder)
+                _say(f"{which} started: {folder.name}")
+            status = summary.get("status")
+            if status != "running":
+                self.finished.add(folder)
+                seconds = summary.get("wall_time_s")
+                took = f", {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+                _say(f"{which} finished: {folder.name} ({status}{took})")
+
+
+def _say(line: str) -> None:
+    print(f"[vla_ablate] {line}", file=sys.stderr, flush=True)  # not into a job's own log
 
 
 def storage_folder(config: DictConfig) -> None:

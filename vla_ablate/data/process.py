@@ -1,6 +1,6 @@
 """The synthetic 7-DOF trajectory process: the arm, its constants, generation, splits, loaders.
 
-The process is the course's (see docs in ``README.md``): a 7-joint planar-ish arm moves towards a
+The process is the course's (see docs/course.md): a 7-joint planar-ish arm moves towards a
 hidden target, and each step emits one action token that encodes the direction octant and the
 distance bin of the remaining error, plus uniform token noise in {-2, ..., 2}. The generator is
 vectorised across trajectories: it loops over time steps only.
