@@ -13,7 +13,9 @@ run's model in its training precision:
   allocator's pools for every new sequence length), which falls on whichever side runs first
   and fades over the pairs. With 3 pairs a job, that is the "three levels" of the study's KV
   timings (docs/results/2026-11-29);
-- ``now`` (``--runs`` times): an untimed warm-up of both sides at each cell, then the pairs.
+- ``now`` (``--runs`` times): an untimed warm-up of both sides at each cell, then the pairs,
+  each pair's second side right after an untimed run of its own (so every timed run follows
+  a run of its own side: a cached decode after an uncached one pays for its state).
 
 Per run and cell: every pair's ratio in order, the median of the first and of the last third
 of the pairs and how far apart they are; then, per cell, how far apart the ``now`` runs'

@@ -48,11 +48,15 @@ MUTATIONS = {
         '"speedup": times[False] / times[True]', '"speedup": times[True] / times[False]',
         "tests/test_fairness.py", "kv_speed"),
     "KV pairs always on-off": (
-        "vla_ablate/evaluate.py", "r % 2 == 0, device, clock)", "True, device, clock)",
+        "vla_ablate/evaluate.py", "r % 2 == 0, device, clock,", "True, device, clock,",
         "tests/test_fairness.py", "kv_speed"),
     "KV without the per-cell warm-up": (
         "vla_ablate/evaluate.py", "            if warm_each_cell:  # untimed",
         "            if False:  # untimed", "tests/test_fairness.py", "kv_speed"),
+    "KV second side timed right after the other side": (
+        "vla_ablate/evaluate.py", "if i and prime:  # untimed: the same side right before it",
+        "if False:  # untimed: the same side right before it", "tests/test_fairness.py",
+        "kv_speed"),
     "sinusoidal amplitude without sqrt(2)": (
         "vla_ablate/model/positions/sinusoidal.py", "token_std * math.sqrt(2) / one_step_rms",
         "token_std / one_step_rms", "tests/test_fairness.py", "moving_a_token and sinusoidal"),

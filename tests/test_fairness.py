@@ -107,10 +107,12 @@ def test_mask_audit_names_are_the_same_everywhere(val_actions):
 
 def test_kv_speed_times_balanced_pairs_after_an_untimed_warm_up(monkeypatch, val_actions):
     """A fake clock: each generate call takes the seconds listed for its side, in call order;
-    the first call of each side (the warm-up) is cold and slow and must not be timed."""
+    the first call of each side (the warm-up) is cold and slow and must not be timed, nor the
+    untimed run (50 s) before a pair's second side."""
     model = small_model()
     now, calls = [0.0], []
-    cost = {True: [100.0, 1.0, 2.0, 1.0, 1.0], False: [100.0, 3.0, 10.0, 5.0, 4.0]}
+    cost = {True: [100.0, 1.0, 50.0, 2.0, 1.0, 50.0, 1.0],
+            False: [100.0, 50.0, 3.0, 10.0, 50.0, 5.0, 4.0]}
 
     def fake_generate(x, n, top_k=None, use_cache=None, **rollout):
         calls.append((n, use_cache))
@@ -120,9 +122,12 @@ def test_kv_speed_times_balanced_pairs_after_an_untimed_warm_up(monkeypatch, val
     monkeypatch.setattr(model, "generate", fake_generate)
     (row,) = evaluate.paired_generation_speed(model, val_actions[:, :4], [2], [5], 4, CPU,
                                               clock=lambda: now[0])
-    # warm-up at the cell's own length, then on-off, off-on, on-off, off-on (ABBA)
-    assert calls == [(5, c) for c in (True, False, True, False, False, True, True, False,
-                                      False, True)]
+    # warm-up at the cell's own length (the cached side last), then on-off, off-on, on-off,
+    # off-on (ABBA), each pair's second side after an untimed run of its own: every timed run
+    # follows a run of its own side
+    on, off = True, False
+    assert calls == [(5, c) for c in (off, on, on, off, off, off, on, on, on, off, off,
+                                      off, on, on)]
     assert [p["order"] for p in row["pairs"]] == ["on-off", "off-on", "on-off", "off-on"]
     assert [(p["cache_on_s"], p["cache_off_s"]) for p in row["pairs"]] == [
         (1.0, 3.0), (2.0, 10.0), (1.0, 5.0), (1.0, 4.0)]

@@ -265,8 +265,12 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
     Per cell (batch size x new tokens): an untimed warm-up of both sides at the cell's own
     shapes, then ``repeats`` timed pairs in a balanced order, on-off, off-on, on-off, ...
     (ABBA over consecutive pairs), so that drift of the machine's speed hits both sides alike.
-    Without the per-cell warm-up (``warm_each_cell=False``: one short warm-up per batch size,
-    as before) a cell's first pairs pay for shapes never run before (oneDNN primitives, the
+    Every timed run directly follows a run of its own side and length (the previous pair's
+    second run, or an untimed one before a pair's second side): a cached decode right after an
+    uncached one pays for the state the uncached pass left (page faults; docs/benchmarks.md,
+    "KV timing: where in the job a pair falls"), which would tie a pair's ratio to its order.
+    Without the per-cell warm-up (``warm_each_cell=False``: one short warm-up per batch size
+    and no untimed same-side runs, as before) a cell's first pairs pay for shapes never run before (oneDNN primitives, the
     allocator's pools), a cost that falls on whichever side runs first and fades over the
     pairs: benchmarks/kv_order.py shows it. Each row keeps every pair (order and both times);
     ``speedup`` is the median over pairs of (uncached time / cached time), with their min-max.
@@ -290,19 +294,22 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
             for use_cache in (True, False):
                 run(min(4, max(new_tokens)), use_cache)
         for n in new_tokens:
-            if warm_each_cell:  # untimed: this cell's shapes, both sides
-                for use_cache in (True, False):
+            if warm_each_cell:  # untimed: this cell's shapes, both sides, the cached last
+                for use_cache in (False, True):
                     run(n, use_cache)
-            pairs = [_timed_pair(lambda c, n=n: run(n, c), r % 2 == 0, device, clock)
-                     for r in range(repeats)]
+            pairs = [_timed_pair(lambda c, n=n: run(n, c), r % 2 == 0, device, clock,
+                                 prime=warm_each_cell) for r in range(repeats)]
             rows.append(_speed_row(batch, n, pairs, warm_each_cell))
     return rows
 
 
-def _timed_pair(run, cache_first: bool, device, clock) -> dict:
-    """One pair: both sides timed back to back, in the given order."""
+def _timed_pair(run, cache_first: bool, device, clock, prime: bool = True) -> dict:
+    """One pair: both sides timed, in the given order; with ``prime`` the second side runs once
+    untimed first, so that it too is timed after a run of its own side."""
     times = {}
-    for use_cache in ((True, False) if cache_first else (False, True)):
+    for i, use_cache in enumerate((True, False) if cache_first else (False, True)):
+        if i and prime:  # untimed: the same side right before it
+            run(use_cache)
         _sync(device)
         t = clock()
         run(use_cache)
