@@ -262,13 +262,26 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     sweeps or parts get one set of labels, and rows trained differently (another precision,
     another recipe) never share one."""
     configs = [json.loads(c) for c in runs["training_config"]]
+    # rows without a config (a job listed by its sweep whose folder is gone) take no part in
+    # the labelling, or every key would look varied between them and the rest
+    known = [i for i, c in enumerate(configs) if c]
+    kept = [configs[i] for i in known]
+
+    def spread(labels, default):
+        out = [default] * len(configs)
+        for i, label in zip(known, labels):
+            out[i] = label
+        return out
+
     runs = runs.drop(columns=["config", "config_without_tokens"], errors="ignore")
-    runs.insert(3, "config", config_labels(configs))
+    runs.insert(3, "config", spread(config_labels(kept), "n/a"))
     # the configuration apart from the token layout: rows the tokens table pairs up
-    runs.insert(4, "config_without_tokens", config_labels(configs, with_tokens=False))
-    labels = pos_labels(configs)  # jobs without a config keep the name from their summary
+    runs.insert(4, "config_without_tokens", spread(config_labels(kept, with_tokens=False),
+                                                   "n/a"))
+    labels = spread(pos_labels(kept), None)  # jobs without a config keep their summary's name
     runs["pos"] = [label or pos for label, pos in zip(labels, runs["pos"])]
-    runs["tokens"] = tokens_labels(configs)
+    tokens = spread(tokens_labels(kept), None)
+    runs["tokens"] = [label or tok for label, tok in zip(tokens, runs["tokens"])]
     return runs
 
 

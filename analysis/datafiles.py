@@ -140,8 +140,7 @@ def _distinct_parts(parts):
                              f"and {name}): give each part once")
         if any(k in seen for k in keys):  # another machine's jobs at the same path
             rename = {sweep: f"{sweep} [{name}]" for sweep, _ in keys}
-            runs, metrics, speed = (f.assign(sweep=f["sweep"].astype(str).map(rename))
-                                    if not f.empty else f for f in (runs, metrics, speed))
+            runs, metrics, speed = (_renamed(f, rename) for f in (runs, metrics, speed))
             keys = list(zip(runs["sweep"], runs["job"].astype(str)))
         seen.update({k: (name, r) for k, r in zip(keys, _results(runs))})
         merged.append((runs, metrics, speed))
@@ -153,3 +152,14 @@ def _results(runs):
     cols = [c for c in ("model_key", "status", "val_loss", "wall_time_total_s") if c in runs]
     return [tuple("" if pd.isna(v) else str(v) for v in row)
             for row in runs[cols].itertuples(index=False)]
+
+
+def _renamed(frame, rename: dict):
+    """``frame`` with its ``sweep`` names renamed and its ``path`` (NAME/JOB) made again."""
+    if frame.empty:
+        return frame
+    frame = frame.assign(sweep=frame["sweep"].astype(str).map(rename))
+    if "path" in frame and "job" in frame:
+        frame["path"] = [s if j == "." else f"{s}/{j}"
+                         for s, j in zip(frame["sweep"], frame["job"].astype(str))]
+    return frame

@@ -130,11 +130,15 @@ def test_the_analysis_lists_a_job_whose_folder_is_gone(tmp_path):
     kept, gone = sweep / "pos=rope,seed=1", sweep / "pos=alibi,seed=2"
     list_jobs(sweep, [kept, gone])
     (kept / ".hydra").mkdir(parents=True)
-    (kept / "summary.json").write_text(json.dumps({"status": "completed", "pos": "rope"}))
+    (kept / "summary.json").write_text(json.dumps({
+        "status": "completed", "pos": "rope",
+        "training_config": {"train": {"lr": 0.003, "steps": 30}, "data": {"seed": 0}}}))
     runs = load_runs(sweep)
     assert sorted(runs["job"]) == ["pos=alibi,seed=2", "pos=rope,seed=1"]
     missing = runs[runs["job"] == "pos=alibi,seed=2"].iloc[0]
     assert missing["status"] == "missing" and missing["pos"] == "alibi"
+    # the missing row takes no part in the labels: the completed job stays "default"
+    assert runs.set_index("job").loc["pos=rope,seed=1", "config"] == "default"
 
 
 # 5: a truncated .so in torch's inductor cache, left by a compile killed mid-build
@@ -323,7 +327,7 @@ def test_a_failed_attempt_that_trained_nothing_binds_nothing(tmp_path):
 # 11: a full disk while the job is recorded
 
 
-def test_a_full_disk_is_recorded_in_one_line(tmp_path, monkeypatch, capsys):
+def test_a_full_disk_is_recorded_in_one_line(tmp_path, monkeypatch, caplog):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -336,6 +340,19 @@ def test_a_full_disk_is_recorded_in_one_line(tmp_path, monkeypatch, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["error"]
     assert "Traceback" in (tmp_path / "error.log").read_text()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "No space left" in errors[0] and "\n" not in errors[0]
+    # not even the file in place can be written: one line says so, never a traceback
+    caplog.clear()
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, mode="r", *a, **k: full()
+                        if str(path).endswith("summary.json") and "w" in mode
+                        else real_open(path, mode, *a, **k))
+    with recorded(None, job, None) as record:
+        full()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(m.startswith("could not record the job's status in") for m in errors), errors
+    assert all("\n" not in m for m in errors)
 
 
 # 12: an error before the first job keeps its cause
@@ -458,3 +475,21 @@ def test_crafted_model_args_allocate_nothing_before_the_weights_are_checked():
     with pytest.raises(ValueError, match="would allocate"):
         model_from_state(state)
 
+
+
+def test_a_refused_job_in_a_completed_folder_counts_in_the_sweeps_exit_status(tmp_path,
+                                                                              monkeypatch):
+    """A sweep job refused where a completed run lies (another process holds the folder, its
+    data file went bad) keeps that run's summary, and the sweep still counts it as failed."""
+    from vla_ablate.job import LAUNCH_ENV, refuse
+    from vla_ablate.sweep import failed_jobs
+
+    job = tmp_path / "sweep" / "pos=rope"
+    job.mkdir(parents=True)
+    completed = json.dumps({"status": "completed", "launch_id": "earlier"})
+    (job / "summary.json").write_text(completed)
+    monkeypatch.setenv(LAUNCH_ENV, "this-launch")
+    refuse(job, {"pos": "rope"}, ConfigError("in use by another process"), multirun=True)
+    assert (job / "summary.json").read_text() == completed  # its results untouched
+    assert failed_jobs(tmp_path / "sweep", "this-launch") == [str(job)]
+    assert failed_jobs(tmp_path / "sweep", "another-launch") == []

@@ -290,6 +290,8 @@ def refuse(run_dir: Path, axes: dict, err: ConfigError, multirun: bool) -> dict:
                "launch_id": os.environ.get(LAUNCH_ENV)}
     if not restore_hydra_files(run_dir) and not (run_dir / SUMMARY).exists():
         write_summary(run_dir, summary)  # a new folder: let the analysis list the failure
+    elif multirun:  # the folder keeps its results; the sweep's exit status counts the refusal
+        record_file(run_dir / ATTEMPT, json_text(summary))
     if not multirun:
         sys.exit(EXIT_CODES["bad_config"])
     return summary

@@ -38,7 +38,6 @@ from vla_ablate.runfolder import (
     TRAINED_BY,
     MetricsFile,
     read_json,
-    write_summary,
 )
 from vla_ablate.training.checkpoint import load_checkpoint
 from vla_ablate.training.loop import train
@@ -72,7 +71,6 @@ def execute(cfg, job, logger: Logger) -> dict:
         logger.log_images({"loss_curve": job.run_dir / LOSS_CURVE_PNG,
                            "attention_maps": job.run_dir / ATTENTION_MAPS_PNG})
     summary["wall_time_s"] = time.time() - t_start
-    write_summary(job.run_dir, summary)
     if summary["status"] == "diverged":
         log(f"run diverged at step {summary['diverged_step']}")
     else:

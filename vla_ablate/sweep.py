@@ -34,7 +34,7 @@ from vla_ablate.console import USAGE, one_line, report
 from vla_ablate.errors import ConfigError
 from vla_ablate.fileio import write_json
 from vla_ablate.job import LAUNCH_ENV
-from vla_ablate.runfolder import SUMMARY, SWEEP_JOBS, bind_check, read_json
+from vla_ablate.runfolder import ATTEMPT, SUMMARY, SWEEP_JOBS, bind_check, read_json
 
 FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
 _WATCH: list[JobWatch] = []  # not on the callback: launchers pickle it with every job
@@ -209,13 +209,17 @@ def checked_jobs(config: DictConfig) -> tuple[list[str], list[Path]]:
 
 
 def failed_jobs(sweep_dir: Path, launch_id: str | None) -> list[str]:
-    """Job folders below ``sweep_dir`` whose summary, written by this launch, is not completed."""
-    failed = []
-    for path in sorted(sweep_dir.rglob(SUMMARY)):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(summary, dict) and summary.get("launch_id") == launch_id and summary.get("status") != "completed":
-            failed.append(str(path.parent))
-    return failed
+    """Job folders below ``sweep_dir`` whose summary, or whose record of a later attempt
+    (``last_attempt.json``: a re-run that failed or was refused in a completed run's folder),
+    was written by this launch and is not completed."""
+    failed = set()
+    for name in (SUMMARY, ATTEMPT):
+        for path in sweep_dir.rglob(name):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if (isinstance(record, dict) and record.get("launch_id") == launch_id
+                    and record.get("status") != "completed"):
+                failed.add(str(path.parent))
+    return sorted(failed)

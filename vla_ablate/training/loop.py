@@ -289,7 +289,7 @@ def _eval_line(step, end, val, val_action, seconds, left=None):
 
 
 def _progress_bar(start, tcfg):
-    from tqdm import tqdm  # the one lazy import: tqdm only where a bar is shown
+    from tqdm import tqdm  # imported only where a bar is shown
 
     return tqdm(total=tcfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                 mininterval=1.0)
