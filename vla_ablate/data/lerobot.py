@@ -167,11 +167,34 @@ def write_lerobot(root, actions: list[np.ndarray], states: list[np.ndarray] | No
     root = Path(root)
     if version not in ("v2.1", "v3.0"):
         raise ValueError(f"version must be v2.1 or v3.0, got {version}")
+    lengths = [len(a) for a in actions]
+    info = {"codebase_version": version, "robot_type": "vla-ablate-arm", "fps": fps,
+            "total_episodes": len(actions), "total_frames": int(sum(lengths)),
+            "total_tasks": 1, "chunks_size": 1000,
+            "features": _features(actions, states, fps, action_names, state_names, video_keys),
+            "splits": {"train": f"0:{len(actions)}"}}
+    (root / "meta").mkdir(parents=True, exist_ok=True)
+    episodes = _Episodes(actions, states, fps, fixed=version == "v3.0")
+    if version == "v2.1":
+        info["data_path"] = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+        info["video_path"] = ("videos/chunk-{episode_chunk:03d}/{video_key}/"
+                              "episode_{episode_index:06d}.mp4" if video_keys else None)
+        _write_v21(root, episodes, lengths)
+    else:
+        info["data_path"] = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+        info["video_path"] = ("videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+                              if video_keys else None)
+        _write_v30(root, episodes, lengths, episodes_per_file)
+    atomic_write(root / "meta" / "info.json", json.dumps(info, indent=2).encode())
+    return root
+
+
+def _features(actions, states, fps, action_names, state_names, video_keys) -> dict:
     d = actions[0].shape[1]
-    k = None if states is None else states[0].shape[1]
     features = {"action": {"dtype": "float32", "shape": [d],
                            "names": list(action_names or [f"a{i}" for i in range(d)])}}
-    if k is not None:
+    if states is not None:
+        k = states[0].shape[1]
         features["observation.state"] = {"dtype": "float32", "shape": [k],
                                          "names": list(state_names or [f"s{i}" for i in range(k)])}
     for key in video_keys:
@@ -181,80 +204,83 @@ def write_lerobot(root, actions: list[np.ndarray], states: list[np.ndarray] | No
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for key in ("frame_index", "episode_index", "index", "task_index"):
         features[key] = {"dtype": "int64", "shape": [1], "names": None}
+    return features
 
-    def table(episodes: range, start: int):
-        rows = {"action": [], "observation.state": [], "timestamp": [], "frame_index": [],
-                "episode_index": [], "index": [], "task_index": []}
+
+@dataclass
+class _Episodes:
+    """The episodes to write, as parquet tables (``fixed``: fixed-size list columns, as v3.0
+    holds them; v2.1 files hold variable-length lists)."""
+
+    actions: list[np.ndarray]
+    states: list[np.ndarray] | None
+    fps: float
+    fixed: bool
+
+    def table(self, episodes: range, start: int):
+        """(the frames of ``episodes`` as a table, the global index after them)."""
+        rows = {k: [] for k in ("action", "observation.state", "timestamp", "frame_index",
+                                "episode_index", "index", "task_index")}
         index = start
         for e in episodes:
-            t = len(actions[e])
-            rows["action"].append(actions[e].astype(np.float32))
-            if k is not None:
-                rows["observation.state"].append(states[e].astype(np.float32))
-            rows["timestamp"].append(np.arange(t, dtype=np.float32) / fps)
+            t = len(self.actions[e])
+            rows["action"].append(self.actions[e].astype(np.float32))
+            if self.states is not None:
+                rows["observation.state"].append(self.states[e].astype(np.float32))
+            rows["timestamp"].append(np.arange(t, dtype=np.float32) / self.fps)
             rows["frame_index"].append(np.arange(t))
             rows["episode_index"].append(np.full(t, e))
             rows["index"].append(np.arange(index, index + t))
             rows["task_index"].append(np.zeros(t, dtype=np.int64))
             index += t
-        fixed = version == "v3.0"  # v2.1 files hold variable-length lists, v3.0 fixed-size ones
-        cols = {"action": _list_column(np.concatenate(rows["action"]), fixed)}
-        if k is not None:
+        cols = {"action": _list_column(np.concatenate(rows["action"]), self.fixed)}
+        if self.states is not None:
             cols["observation.state"] = _list_column(np.concatenate(rows["observation.state"]),
-                                                     fixed)
+                                                     self.fixed)
         for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
             cols[key] = pa.array(np.concatenate(rows[key]))
         return pa.table(cols), index
 
-    lengths = [len(a) for a in actions]
-    info = {"codebase_version": version, "robot_type": "vla-ablate-arm", "fps": fps,
-            "total_episodes": len(actions), "total_frames": int(sum(lengths)),
-            "total_tasks": 1, "chunks_size": 1000, "features": features,
-            "splits": {"train": f"0:{len(actions)}"}}
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-    if version == "v2.1":
-        info["data_path"] = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
-        info["video_path"] = ("videos/chunk-{episode_chunk:03d}/{video_key}/"
-                              "episode_{episode_index:06d}.mp4" if video_keys else None)
-        start = 0
-        for e in range(len(actions)):
-            path = root / "data" / f"chunk-{e // 1000:03d}" / f"episode_{e:06d}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data, start = table(range(e, e + 1), start)
-            pq.write_table(data, path)
-        lines = [json.dumps({"episode_index": e, "tasks": ["reach the target"], "length": n})
-                 for e, n in enumerate(lengths)]
-        atomic_write(root / "meta" / "episodes.jsonl", ("\n".join(lines) + "\n").encode())
-        atomic_write(root / "meta" / "tasks.jsonl",
-                     b'{"task_index": 0, "task": "reach the target"}\n')
-    else:
-        info["data_path"] = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-        info["video_path"] = ("videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-                              if video_keys else None)
-        start, meta = 0, {"episode_index": [], "length": [], "data/chunk_index": [],
-                          "data/file_index": [], "dataset_from_index": [],
-                          "dataset_to_index": []}
-        for f, first in enumerate(range(0, len(actions), episodes_per_file)):
-            episodes = range(first, min(first + episodes_per_file, len(actions)))
-            path = root / "data" / f"chunk-{f // 1000:03d}" / f"file-{f % 1000:03d}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data, end = table(episodes, start)
-            pq.write_table(data, path)
-            for e in episodes:
-                meta["episode_index"].append(e)
-                meta["length"].append(lengths[e])
-                meta["data/chunk_index"].append(f // 1000)
-                meta["data/file_index"].append(f % 1000)
-                meta["dataset_from_index"].append(start)
-                start += lengths[e]
-                meta["dataset_to_index"].append(start)
-        path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+
+def _write_v21(root: Path, episodes: _Episodes, lengths: list[int]) -> None:
+    """One parquet file per episode, the episodes' metadata as JSON lines."""
+    start = 0
+    for e in range(len(lengths)):
+        path = root / "data" / f"chunk-{e // 1000:03d}" / f"episode_{e:06d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(meta), path)
-        pq.write_table(pa.table({"task_index": [0], "task": ["reach the target"]}),
-                       root / "meta" / "tasks.parquet")
-    atomic_write(root / "meta" / "info.json", json.dumps(info, indent=2).encode())
-    return root
+        data, start = episodes.table(range(e, e + 1), start)
+        pq.write_table(data, path)
+    lines = [json.dumps({"episode_index": e, "tasks": ["reach the target"], "length": n})
+             for e, n in enumerate(lengths)]
+    atomic_write(root / "meta" / "episodes.jsonl", ("\n".join(lines) + "\n").encode())
+    atomic_write(root / "meta" / "tasks.jsonl",
+                 b'{"task_index": 0, "task": "reach the target"}\n')
+
+
+def _write_v30(root: Path, episodes: _Episodes, lengths: list[int], per_file: int) -> None:
+    """``per_file`` episodes per parquet file, the episodes' metadata (where each one lies) as
+    a parquet file of its own."""
+    start, meta = 0, {k: [] for k in ("episode_index", "length", "data/chunk_index",
+                                      "data/file_index", "dataset_from_index",
+                                      "dataset_to_index")}
+    for f, first in enumerate(range(0, len(lengths), per_file)):
+        group = range(first, min(first + per_file, len(lengths)))
+        path = root / "data" / f"chunk-{f // 1000:03d}" / f"file-{f % 1000:03d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data, _ = episodes.table(group, start)
+        pq.write_table(data, path)
+        for e in group:
+            for key, value in (("episode_index", e), ("length", lengths[e]),
+                               ("data/chunk_index", f // 1000), ("data/file_index", f % 1000),
+                               ("dataset_from_index", start),
+                               ("dataset_to_index", start + lengths[e])):
+                meta[key].append(value)
+            start += lengths[e]
+    path = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(meta), path)
+    pq.write_table(pa.table({"task_index": [0], "task": ["reach the target"]}),
+                   root / "meta" / "tasks.parquet")
 
 
 def _list_column(values: np.ndarray, fixed: bool):
