@@ -99,12 +99,14 @@ def mend_inductor_cache(err) -> str | None:
     (``TORCHINDUCTOR_CACHE_DIR``), which the retry is sure to build in; say what was done.
     None: the error is something else (a compile error of its own falls back as before)."""
     text = "\n".join(str(e) for e in _chain(err))
-    cache = Path(_inductor_cache_dir())
+    where = _inductor_cache_dir()  # None: not known here, so nothing is removed
+    cache = Path(where) if where else None
     named = [Path(p) for p in re.findall(r"(/[^\s:'\"]+\.so)\b", text)]
-    ours = [p for p in named if p.is_relative_to(cache) and (not p.exists() or _not_elf(p))]
+    ours = [p for p in named if cache is not None and p.is_relative_to(cache)
+            and (not p.exists() or _not_elf(p))]
     if not ours and not any(k in text for k in _CACHE_DAMAGE):
         return None
-    damaged = [p for p in cache.rglob("*.so") if _not_elf(p)]
+    damaged = [] if cache is None else [p for p in cache.rglob("*.so") if _not_elf(p)]
     for path in damaged:
         path.unlink(missing_ok=True)
     fresh = tempfile.mkdtemp(prefix="vla-ablate-inductor-")
@@ -123,12 +125,12 @@ def _not_elf(path: Path) -> bool:
         return False
 
 
-def _inductor_cache_dir() -> str:
+def _inductor_cache_dir() -> str | None:
     # imported here: torch._inductor takes seconds to import, and only a failed compile needs it
     try:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
-    except ImportError:  # another torch version: its variable, else a guess
-        return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir()
+    except ImportError:  # another torch version: its variable, else unknown (never a guess,
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # files there are removed)
     return cache_dir()
 
 
