@@ -96,14 +96,17 @@ def generate_dataset(num_trajectories=10000, seq_length=50, seed=42, progress=No
 
     The same seed gives the same data on any machine (numpy's PCG64 stream, float64 arithmetic).
     """
-    data = generate_continuous(num_trajectories, seq_length, seed, progress)
-    return {"states": data["states"], "actions": data["actions"]}
+    return _generate(num_trajectories, seq_length, seed, progress, continuous=False)
 
 
 def generate_continuous(num_trajectories=10000, seq_length=50, seed=42, progress=None):
     """The course's process with its continuous actions: ``generate_dataset``'s states and
     tokens (the same for the same seed) and ``deltas`` float32 (N, T, 7), each step's joint
     change (the action before it is quantised into a token)."""
+    return _generate(num_trajectories, seq_length, seed, progress, continuous=True)
+
+
+def _generate(num_trajectories, seq_length, seed, progress, continuous: bool) -> dict:
     if num_trajectories < 1 or seq_length < 1:
         raise ValueError("num_trajectories and seq_length must be positive")
     rng = np.random.default_rng(seed)
@@ -111,11 +114,13 @@ def generate_continuous(num_trajectories=10000, seq_length=50, seed=42, progress
     targets = rng.uniform(-1.5, 1.5, size=(num_trajectories, 3))
     if progress is None:
         progress = num_trajectories * seq_length >= _PROGRESS_MIN_STEPS
-    deltas = np.empty((num_trajectories, seq_length, NUM_JOINTS), dtype=np.float32)
+    # the deltas only where asked: training draws fresh trajectories every epoch
+    deltas = (np.empty((num_trajectories, seq_length, NUM_JOINTS), dtype=np.float32)
+              if continuous else None)
     states, actions = _simulate(start, targets, seq_length, 0.02, rng, progress=progress,
                                 deltas=deltas)
-    return {"states": torch.from_numpy(states), "actions": torch.from_numpy(actions),
-            "deltas": torch.from_numpy(deltas)}
+    data = {"states": torch.from_numpy(states), "actions": torch.from_numpy(actions)}
+    return {**data, "deltas": torch.from_numpy(deltas)} if continuous else data
 
 
 def split_indices(num_trajectories, train_split=0.9):
