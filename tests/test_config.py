@@ -159,3 +159,28 @@ def test_value_checks_one_line(override, message):
         validate(cfg)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_recipe_keys_leave_the_published_models_keys_as_they_were(monkeypatch):
+    """The study of 2026-11-29 (docs/results/2026-11-29/runs.csv) trained before train.schedule,
+    decay_frac, embed_lr, head_lr and muon_momentum existed: at the values that reproduce its
+    recipe they are left out of the training configuration, so its model keys still match."""
+    import torch
+
+    import vla_ablate.config as config
+
+    monkeypatch.setattr(config, "newton_schulz_precision", lambda device: "bf16")
+    old = ["experiment=ablation", "seed=1", "pos=rope", "mask=causal", "train.steps=2400",
+           "train.schedule=cosine", "train.lr=3e-3", "train.min_lr=1e-4", "train.warmup_steps=60",
+           "train.embed_lr=null", "train.head_lr=null", "train.muon_momentum=0.95",
+           "train.weight_decay=0.1", "train.batch_size=64"]
+    cfg = compose_cfg(old)
+    training = config.training_config(cfg, device=torch.device("cpu"), precision="bf16")
+    assert config.model_key(cfg, training) == "rope-causal-seed1-c84e757159"
+    # any of them away from that recipe is part of the model's identity
+    for extra in ["train.schedule=wsd", "train.embed_lr=0.01", "train.head_lr=0.01",
+                  "train.muon_momentum=0.9"]:
+        changed = compose_cfg(old + [extra])
+        key = config.model_key(changed, config.training_config(
+            changed, device=torch.device("cpu"), precision="bf16"))
+        assert key != "rope-causal-seed1-c84e757159", extra

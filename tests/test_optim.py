@@ -10,6 +10,8 @@ from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.model.linear import Linear
 from vla_ablate.optim import CombinedOptimizer, make_optimizer
 from vla_ablate.runfolder import bind_folder
+from vla_ablate.training.loop import train
+from vla_ablate.training.schedule import BatchSource, lr_at
 
 ARGS = dict(vocab_size=256, dim=32, num_layers=2, num_heads=4, ff_hidden_dim=64, max_seq_len=32,
             dropout=0.0)
@@ -36,6 +38,52 @@ def tcfg(**over):
     for key, value in over.items():
         cfg[key] = value
     return cfg
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_embedding_and_head_get_their_own_rates(optimizer):
+    model = DecoderOnlyTransformer(**ARGS, pos="learned")
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt = make_optimizer(model, tcfg(optimizer=optimizer, lr=0.01, embed_lr=0.05, head_lr=0.002))
+    rate = {}
+    for group, scale in zip(opt.param_groups, opt.lr_scales, strict=True):
+        for p in group["params"]:
+            rate[names[id(p)]] = scale * 0.01
+    assert rate["token_embedding.weight"] == pytest.approx(0.05)
+    assert rate["pos_encoding.embedding.weight"] == pytest.approx(0.05)
+    assert rate["lm_head.weight"] == pytest.approx(0.002)
+    assert rate["norm_final.scale"] == pytest.approx(0.002)
+    assert rate["blocks.0.attention.qkv.weight"] == pytest.approx(0.01)
+    assert set(rate) == set(names.values())
+    # without either rate: the groups models were trained with before, all at lr
+    plain = make_optimizer(model, tcfg(optimizer=optimizer))
+    assert plain.lr_scales == [1.0] * len(plain.param_groups)
+    assert len(plain.param_groups) == (3 if optimizer == "muon" else 2)
+
+
+def test_training_sets_each_groups_scaled_rate(tmp_path):
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(**ARGS)
+    cfg = tcfg(steps=3, warmup_steps=0, lr=0.01, head_lr=0.001, batch_size=4, log_every=1,
+               eval_every=3, subset_eval_every=0, checkpoint_every=3, checkpoint_minutes=0,
+               progress=False, compile="off", precision="fp32", schedule="wsd", decay_frac=0.5)
+    data = torch.randint(0, 256, (12, 16))
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append([g["lr"] for g in self.param_groups])
+        return original(self, *a, **k)
+
+    torch.optim.AdamW.step = spy
+    try:
+        train(model, ARGS, BatchSource(data[:8], 4, 0), data[8:], cfg, tmp_path,
+              torch.device("cpu"), 0, log=lambda m: None, precision="fp32")
+    finally:
+        torch.optim.AdamW.step = original
+    # the head's group at a tenth of the schedule's rate at every step
+    assert [lrs[1] for lrs in seen] == pytest.approx([0.1 * lr_at(s, cfg) for s in range(3)])
+    assert [lrs[0] for lrs in seen] == pytest.approx([lr_at(s, cfg) for s in range(3)])
 
 
 def test_make_optimizer_splits_matrices_between_muon_and_adamw():

@@ -56,6 +56,21 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(values, values[1:]))
 
 
+def test_lr_schedule_warmup_stable_decay():
+    cfg = tcfg(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4, schedule="wsd", decay_frac=0.2)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    # held at lr until the last 20% of the 90 steps after warmup (18 steps) ...
+    assert all(lr_at(s, cfg) == pytest.approx(1e-3) for s in range(9, 82))
+    # ... then a straight line that reaches min_lr at the last step trained (99)
+    tail = [lr_at(s, cfg) for s in range(82, 100)]
+    assert tail[0] < 1e-3 and tail[-1] == pytest.approx(1e-4)
+    steps = [a - b for a, b in zip(tail, tail[1:])]
+    assert max(steps) == pytest.approx(min(steps))
+    # a shorter horizon (a time budget's) moves the decay inside it
+    assert lr_at(49, cfg, 50) == pytest.approx(1e-4) and lr_at(43, cfg, 50) < 1e-3
+    assert lr_at(41, cfg, 50) == pytest.approx(1e-3)  # 8 decay steps: 42-49
+
+
 def test_batches_are_a_function_of_the_step(actions):
     a = BatchSource(actions[:64], 8, seed=3)
     b = BatchSource(actions[:64], 8, seed=3)

@@ -21,7 +21,7 @@ from vla_ablate.data.tokens import TokenLayout, layout_from_config
 from vla_ablate.errors import ConfigError
 from vla_ablate.factory import model_args_from_config
 from vla_ablate.host import pick_device
-from vla_ablate.optim import OPTIMIZERS, newton_schulz_precision
+from vla_ablate.optim import OPTIMIZERS, SCHEDULES, newton_schulz_precision
 from vla_ablate.precision import PRECISIONS, resolve_precision
 
 
@@ -81,6 +81,11 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr: float = 1e-4
     warmup_steps: int = 60
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay; training/schedule.py)
+    decay_frac: float = 0.3  # wsd: the share of the steps after warmup spent decaying
+    embed_lr: float | None = None  # AdamW's rate for the embeddings (None: lr; optim.py)
+    head_lr: float | None = None  # AdamW's rate for the output head and the norms (None: lr)
+    muon_momentum: float = 0.95
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     log_every: int = 20
@@ -221,6 +226,14 @@ def validate(cfg: Any) -> TokenLayout:
         (0 < t.lr < math.inf, f"train.lr must be > 0 and finite, got {t.lr}"),
         (0 <= t.min_lr <= t.lr, f"train.min_lr must lie in [0, train.lr], got {t.min_lr}"),
         (t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}"),
+        (t.schedule in SCHEDULES,
+         f"train.schedule must be {' or '.join(SCHEDULES)}, got '{t.schedule}'"),
+        (0 < t.decay_frac <= 1, f"train.decay_frac must lie in (0, 1], got {t.decay_frac}"),
+        (t.embed_lr is None or 0 < t.embed_lr < math.inf,
+         f"train.embed_lr must be > 0 and finite (or null: train.lr), got {t.embed_lr}"),
+        (t.head_lr is None or 0 < t.head_lr < math.inf,
+         f"train.head_lr must be > 0 and finite (or null: train.lr), got {t.head_lr}"),
+        (0 <= t.muon_momentum < 1, f"train.muon_momentum must lie in [0, 1), got {t.muon_momentum}"),
         (t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}"),
         (t.grad_clip > 0, f"train.grad_clip must be > 0, got {t.grad_clip}"),
         (t.subset_eval_every >= 0,
@@ -313,9 +326,21 @@ def _check_eval(cfg: Any, layout: TokenLayout) -> None:
 # Keys that change how a model is trained; everything else (cache, logger, eval) is inference
 # or bookkeeping, so jobs differing only there share one trained model.
 _TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "tokens", "train")
+# recipe keys added after models were trained without them: left out of a training
+# configuration where they hold the value that reproduces those models' training, so their
+# folders and model keys stay valid (decay_frac means nothing under the cosine)
+_LEGACY_TRAIN = {"schedule": "cosine", "embed_lr": None, "head_lr": None, "muon_momentum": 0.95}
 _NOT_TRAINING = {"data": ("cache_dir",), "model": (),
                  "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
                            "compile", "checkpoint_minutes")}
+
+
+def _without_legacy(train: dict) -> dict:
+    """``train`` less the recipe keys that hold their ``_LEGACY_TRAIN`` values."""
+    legacy = dict(_LEGACY_TRAIN)
+    if train.get("schedule", "cosine") == "cosine":
+        legacy["decay_frac"] = train.get("decay_frac")
+    return {k: v for k, v in train.items() if k not in legacy or v != legacy[k]}
 
 
 def training_config(cfg, device=None, precision: str | None = None) -> dict:
@@ -338,6 +363,8 @@ def training_config(cfg, device=None, precision: str | None = None) -> dict:
         value = OmegaConf.to_container(cfg[key], resolve=True) if key != "seed" else cfg.seed
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in _NOT_TRAINING.get(key, ())}
+        if key == "train":
+            value = _without_legacy(value)
         parts[key] = value
     try:
         device = pick_device(cfg.train.device) if device is None else device

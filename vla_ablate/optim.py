@@ -28,6 +28,7 @@ from torch.optim._muon import _adjust_lr
 from vla_ablate.precision import bf16_native
 
 OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")  # the learning-rate schedules (training/schedule.py)
 
 
 class CombinedOptimizer:
@@ -130,12 +131,44 @@ def newton_schulz_precision(device: torch.device) -> str:
     return "bf16" if bf16_native(device) else "fp32"
 
 
+def _adamw_groups(rest, tcfg) -> tuple[list[dict], list[float]]:
+    """The AdamW parameter groups and each one's learning rate as a multiple of ``train.lr``.
+
+    Without ``train.embed_lr`` and ``train.head_lr`` two groups, matrices (decayed) and gains
+    (not), both at ``train.lr``: the groups every model before these keys was trained with. With
+    either, four: the token embedding and any positional table at ``embed_lr``, the output head
+    at ``head_lr``, the norms' gains at ``head_lr`` (they scale the head's input), and any other
+    matrix at ``lr``; each follows the schedule scaled by its rate over ``lr``.
+    """
+    embed_lr, head_lr = getattr(tcfg, "embed_lr", None), getattr(tcfg, "head_lr", None)
+    decay = [p for _, p in rest if p.dim() >= 2]
+    no_decay = [p for _, p in rest if p.dim() < 2]
+    if embed_lr is None and head_lr is None:
+        return ([{"params": decay, "weight_decay": tcfg.weight_decay},
+                 {"params": no_decay, "weight_decay": 0.0}], [1.0, 1.0])
+    embed_lr = tcfg.lr if embed_lr is None else embed_lr
+    head_lr = tcfg.lr if head_lr is None else head_lr
+    head = [p for n, p in rest if n.startswith("lm_head.")]
+    embed = [p for n, p in rest
+             if p.dim() >= 2 and not n.startswith("lm_head.") and not n.startswith("blocks.")]
+    taken = {id(p) for p in head + embed + no_decay}
+    other = [p for p in decay if id(p) not in taken]
+    groups = [({"params": embed, "weight_decay": tcfg.weight_decay}, embed_lr),
+              ({"params": head, "weight_decay": tcfg.weight_decay}, head_lr),
+              ({"params": no_decay, "weight_decay": 0.0}, head_lr),
+              ({"params": other, "weight_decay": tcfg.weight_decay}, tcfg.lr)]
+    groups = [(g, lr) for g, lr in groups if g["params"]]
+    return [g for g, _ in groups], [lr / tcfg.lr for _, lr in groups]
+
+
 def make_optimizer(model, tcfg):
     """The optimiser ``train.optimizer`` names; weight decay on matrices only, never on gains.
 
-    ``adamw``: AdamW (0.9, 0.95) for every parameter. ``muon``: Muon for the weight matrices
-    inside the Transformer blocks, AdamW for the token embedding, the output head, the norms and
-    any positional table.
+    ``adamw``: AdamW (0.9, 0.95) for every parameter. ``muon``: Muon (momentum
+    ``train.muon_momentum``) for the weight matrices inside the Transformer blocks, AdamW for the
+    token embedding, the output head, the norms and any positional table (their rates:
+    ``_adamw_groups``). The optimiser's ``lr_scales`` lists, for each of its ``param_groups``,
+    its learning rate as a multiple of the schedule's (``train.lr``'s).
     """
     name = tcfg.optimizer
     if name not in OPTIMIZERS:
@@ -144,18 +177,16 @@ def make_optimizer(model, tcfg):
     if name == "muon":
         hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
     taken = {id(p) for p in hidden}
-    rest = [p for p in model.parameters() if id(p) not in taken]
-    decay = [p for p in rest if p.dim() >= 2]
-    no_decay = [p for p in rest if p.dim() < 2]
-    adamw = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg.lr, betas=(0.9, 0.95), eps=1e-8,
-    )
+    rest = [(n, p) for n, p in model.named_parameters() if id(p) not in taken]
+    groups, scales = _adamw_groups(rest, tcfg)
+    adamw = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.95), eps=1e-8)
     if not hidden:
+        adamw.lr_scales = scales
         return adamw
     device = hidden[0].device
     kind = torch.optim.Muon if newton_schulz_precision(device) == "bf16" else Float32Muon
-    muon = kind(hidden, lr=tcfg.lr, momentum=0.95, weight_decay=tcfg.weight_decay,
-                nesterov=True, adjust_lr_fn="match_rms_adamw")
-    return CombinedOptimizer([muon, adamw])
+    muon = kind(hidden, lr=tcfg.lr, momentum=getattr(tcfg, "muon_momentum", 0.95),
+                weight_decay=tcfg.weight_decay, nesterov=True, adjust_lr_fn="match_rms_adamw")
+    combined = CombinedOptimizer([muon, adamw])
+    combined.lr_scales = [1.0] + scales
+    return combined

@@ -36,13 +36,25 @@ class BatchSource:
 
 
 def lr_at(step: int, tcfg, steps: int | None = None) -> float:
-    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr``.
+    """The learning rate of step ``step``: linear warmup to ``lr`` over ``warmup_steps``, then
 
-    The cosine reaches ``min_lr`` at ``steps`` (default ``tcfg.steps``; a time budget sets a
-    shorter horizon, see ``TimeBudget``).
+    - ``cosine``: cosine decay to ``min_lr``, reached at the horizon;
+    - ``wsd`` (warmup-stable-decay, "trapezoidal"): ``lr`` held until the last ``decay_frac`` of
+      the horizon, then a linear decay to ``min_lr``, reached at the horizon.
+
+    The horizon is ``steps`` (default ``tcfg.steps``); a time budget sets a shorter one (see
+    ``TimeBudget``), so either schedule decays within the budget.
     """
     if step < tcfg.warmup_steps:
         return tcfg.lr * (step + 1) / tcfg.warmup_steps
-    span = max(1, (steps or tcfg.steps) - tcfg.warmup_steps)
+    horizon = steps or tcfg.steps
+    if getattr(tcfg, "schedule", "cosine") == "wsd":
+        decay = max(1, round(tcfg.decay_frac * (horizon - tcfg.warmup_steps)))
+        start = horizon - decay
+        if step < start:
+            return tcfg.lr
+        progress = min(1.0, (step - start + 1) / decay)
+        return tcfg.lr + (tcfg.min_lr - tcfg.lr) * progress
+    span = max(1, horizon - tcfg.warmup_steps)
     progress = min(1.0, (step - tcfg.warmup_steps) / span)
     return tcfg.min_lr + 0.5 * (tcfg.lr - tcfg.min_lr) * (1 + math.cos(math.pi * progress))
