@@ -1,10 +1,12 @@
 """hparams_search=recipe: an Optuna search over the recipe whose study resumes from its file."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from conftest import SMOKE, run_cli
+from conftest import ROOT, SMOKE, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -33,3 +35,14 @@ def test_recipe_search_minimises_val_loss_and_resumes(tmp_path):
         assert t.params["train.schedule"] in ("cosine", "wsd")  # the preset's own space
     run_cli([*args[:2], "hydra.sweeper.n_trials=1", *args[3:]], cwd=tmp_path)
     assert len(trials(sweep / "optuna.db")) == 3  # the same study, continued
+    # benchmarks/recipe_trials.py ranks them and finds the best trial's curve
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe_trials.py"),
+                          str(sweep), "--csv", str(tmp_path / "trials.csv")],
+                         capture_output=True, text=True, check=True).stdout
+    best = min(trials(sweep / "optuna.db"), key=lambda t: t.value)
+    assert "3 complete of 3 trials" in out
+    assert f"best: trial {best.number}, val loss {best.value:.4f}, folder " in out
+    steps = [line.split()[1] for line in out.splitlines() if line.startswith("  step ")]
+    assert steps and steps[-1] == str(best.params["train.steps"])
+    rows = (tmp_path / "trials.csv").read_text().splitlines()
+    assert len(rows) == 4 and rows[1].startswith(f"1,{best.number},COMPLETE,")

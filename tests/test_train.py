@@ -313,13 +313,14 @@ def test_a_signal_during_the_last_step_is_raised_again_once_the_model_is_saved(t
     assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["step"] == cfg.steps
 
 
-def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch):
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch, schedule):
     import vla_ablate.training.budget as train_module
 
     # every step reads the fake clock a fixed number of times: the budget fits ~20 of 100 steps
     monkeypatch.setattr(train_module, "_clock", FakeClock())
     cfg = tcfg(steps=100, warmup_steps=4, max_minutes=1.0, checkpoint_minutes=0, lr=1e-2,
-               min_lr=1e-4)
+               min_lr=1e-4, schedule=schedule, decay_frac=0.5)
     messages = []
     torch.manual_seed(0)
     result = train(DecoderOnlyTransformer(**ARGS), ARGS, BatchSource(actions[:64], 8, 0),
@@ -330,7 +331,9 @@ def test_time_budget_ends_at_min_lr_after_warmup(tmp_path, actions, monkeypatch)
     assert last["step"] == last["horizon"] == result.steps
     lrs = [r["lr"] for r in MetricsFile(tmp_path).read() if r["split"] == "train"]
     assert lrs[-1] == pytest.approx(lr_at(result.steps - 1, cfg, result.steps))
-    assert lrs[-1] < 0.05 * cfg.lr  # the cosine ran its course, not cut off at a high rate
+    assert lrs[-1] < 0.05 * cfg.lr  # the schedule ran its course, not cut off at a high rate
+    if schedule == "wsd":  # its decay fell inside the budget: the last step trained at min_lr
+        assert lr_at(result.steps - 1, cfg, result.steps) == pytest.approx(cfg.min_lr)
     assert any(f"decays to train.min_lr at step {result.steps}" in m for m in messages)
     # the evaluation at the end still happens
     final = MetricsFile(tmp_path).read()[-1]
