@@ -150,3 +150,33 @@ def test_kv_order_thirds():
     spec.loader.exec_module(kv_order)
     first, last, apart = kv_order.thirds([9.0, 2.0, 2.0, 2.0, 2.0, 2.2])
     assert (first, last) == (5.5, 2.1) and apart == pytest.approx(1 - 2.1 / 5.5)
+
+
+def test_recipe_pairs_pairs_by_seed_at_the_steps_asked(tmp_path):
+    import json
+    import math
+
+    from scipy import stats
+
+    def runs(name, finals, at_600):
+        for seed, (final, mid) in enumerate(zip(finals, at_600), 1):
+            job = tmp_path / name / f"seed={seed}"
+            job.mkdir(parents=True)
+            (job / "summary.json").write_text(json.dumps(
+                {"status": "completed", "seed": seed, "val_loss": final}))
+            rows = [{"step": 600, "split": "val", "loss": mid},
+                    {"step": 600, "split": "val_subset", "loss": 0.0},
+                    {"step": 1200, "split": "val", "loss": final}]
+            (job / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
+
+    runs("a", [1.90, 1.91, 1.89], [1.95, 1.96, 1.94])
+    runs("b", [1.92, 1.92, 1.92], [1.93, 1.97, 1.92])
+    out = bench("recipe_pairs.py", f"new={tmp_path / 'a'}", f"old={tmp_path / 'b'}")
+    half = stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)  # differences -0.02, -0.01, -0.03
+    assert f"(n = 3 pairs, df = 2): -0.0200 ± {half:.4f} nats" in out
+    assert "new lower in 3 of 3 seeds" in out
+    # at the steps asked: new's step 600 against old's step 1200 (from metrics.jsonl)
+    out = bench("recipe_pairs.py", f"new={tmp_path / 'a'}", f"old={tmp_path / 'b'}",
+                "--step", "600", "1200")
+    assert "| new | 600 | 3 | 1: 1.9500, 2: 1.9600, 3: 1.9400 |" in out
+    assert "(n = 3 pairs, df = 2): +0.0300 ± " in out and "new lower in 0 of 3 seeds" in out
