@@ -31,7 +31,7 @@ def test_recipe_search_minimises_val_loss_and_resumes(tmp_path):
     losses = sorted(json.loads(p.read_text())["val_loss"] for p in sweep.glob("*/summary.json"))
     assert sorted(t.value for t in first) == pytest.approx(losses)
     for t in first:
-        assert t.params["train.steps"] in (12, 16) and 2e-3 <= t.params["train.lr"] <= 2e-2
+        assert t.params["train.steps"] in (12, 16) and 1e-3 <= t.params["train.lr"] <= 1e-2
         assert t.params["train.schedule"] in ("cosine", "wsd")  # the preset's own space
     run_cli([*args[:2], "hydra.sweeper.n_trials=1", *args[3:]], cwd=tmp_path)
     assert len(trials(sweep / "optuna.db")) == 3  # the same study, continued
