@@ -129,8 +129,8 @@ def _tokenizer_section(made) -> list[str]:
         "bins of equal mass). **Cross-entropy is not comparable across tokenizers**: each "
         "defines its own bins, so one prediction scores differently under each, and the "
         "`val_loss_*` columns serve to read each tokenizer on its own. The rows compare the "
-        "action error instead: the model's prediction of each validation step's action, "
-        "decoded to continuous values (`greedy`: the most likely bin's value; `expected`: "
+        "action error instead: the model's prediction of each validation step's action "
+        "from the true tokens before it, decoded to continuous values (`greedy`: the most likely bin's value; `expected`: "
         "the probability-weighted mean of the bin values) against the recorded action, as the "
         "mean absolute error over dimensions and steps, in the data's units; the mean over "
         "seeds with its 95% Student-t interval. `round_trip_floor` is the tokenizer's own "
@@ -141,7 +141,11 @@ def _tokenizer_section(made) -> list[str]:
         "seed within the same configuration and encoding" + (" and mask" if "mask" in tok
                                                              else "")
         + "; `pairs` counts the seeds it used. Per-dimension errors are in `runs.csv` "
-        "(`action_error_*_per_dim`, in the order of `action_error_dims`).", "",
+        "(`action_error_*_per_dim`, in the order of `action_error_dims`)."
+        + (" The action error is teacher-forced, as the validation loss is: without the "
+           "causal mask a model can read the action it predicts from its input (the mask "
+           "audit above), so compare tokenizers on the causal rows (the findings quote "
+           "those alone)." if "mask" in tok else ""), "",
         tables.to_markdown(tok, digits=decimals(*tok["round_trip_floor"]) + 1),
     ]
 
