@@ -383,7 +383,8 @@ def tokenizers(runs, path) -> Path | None:
     order = sorted(long["tokenizer"].unique())
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(4.4 * cols, 3.6 * rows + 1.0), layout="constrained")
+    # one panel: as wide as the title and the legend below it
+    fig = Figure(figsize=(max(4.4 * cols, 7.0), 3.6 * rows + 1.0), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
     hue = dict(hue="decode", hue_order=[GREEDY, EXPECTED], palette=PALETTE[:2])
     for ax, (config, pos) in zip(axes, panels):
@@ -402,7 +403,8 @@ def tokenizers(runs, path) -> Path | None:
         ax.set(xlabel="action tokenizer", ylabel="validation action error (mean abs.)",
                title=f"{config}\npos={pos}" if several else f"pos={pos}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylim(bottom=0)  # after every panel (shared): the floors lie near zero
+    top = axes[0].get_ylim()[1]  # after every panel (shared): the floors lie near zero
+    axes[0].set_ylim(0, top * 1.05)
     for ax in axes[len(panels):]:
         ax.axis("off")
     legend = axes[0].get_legend()

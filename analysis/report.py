@@ -55,7 +55,8 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
     write_data_files(out, runs, metrics, speed)
     for name, df in made.items():
         df.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(tables.to_markdown(df))
+        (out / f"{name}.md").write_text(tables.tokenizer_markdown(df) if name == "tokenizer"
+                                        else tables.to_markdown(df))
 
     # the course's figures and page show action-token models where a sweep also has others
     course_runs, course_metrics, course_speed = action_only(runs, metrics, speed)

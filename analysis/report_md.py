@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import tables
-from analysis.common import NOISE_FLOOR, decimals
+from analysis.common import NOISE_FLOOR
 from analysis.findings import findings
 
 
@@ -146,7 +146,7 @@ def _tokenizer_section(made) -> list[str]:
            "causal mask a model can read the action it predicts from its input (the mask "
            "audit above), so compare tokenizers on the causal rows (the findings quote "
            "those alone)." if "mask" in tok else ""), "",
-        tables.to_markdown(tok, digits=decimals(*tok["round_trip_floor"]) + 1),
+        tables.tokenizer_markdown(tok),
     ]
 
 

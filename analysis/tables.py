@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.collect import config_labels, tokenizer_labels
-from analysis.common import NOISE_FLOOR, as_float
+from analysis.common import NOISE_FLOOR, as_float, decimals
 
 
 def t95(n: int) -> float:
@@ -353,6 +353,13 @@ def tokenizers(runs, reference="uniform") -> pd.DataFrame:
         row["val_loss_mean"], row["val_loss_ci95"] = loss[0], loss[2]
         rows.append(row)
     return pd.DataFrame(rows, columns=[c for c in cols if c != "mask" or "mask" in keys])
+
+
+def tokenizer_markdown(tok: pd.DataFrame) -> str:
+    """The tokenizer table in Markdown, with three significant digits of its smallest
+    round-trip floor: errors in a dataset's own units can be 1e-4 (the arm's joint changes),
+    which the other tables' 4 decimals would show as 0.0002 or 0.0000."""
+    return to_markdown(tok, digits=decimals(*tok["round_trip_floor"]) + 1 if len(tok) else 4)
 
 
 def status_table(runs) -> pd.DataFrame:
