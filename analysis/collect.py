@@ -149,16 +149,20 @@ def _flatten(tree, prefix="") -> dict:
     return out
 
 
-def config_labels(configs: list[dict], with_tokens: bool = True) -> list[str]:
+def config_labels(configs: list[dict], with_tokens: bool = True, without=()) -> list[str]:
     """A short label per training configuration: the keys that differ among ``configs``.
 
     The pos and mask groups are table axes of their own (see ``pos_labels``) and never part of
     this label; identical configurations share a label ("default" when nothing differs). The
     token layout appears as one key, ``tokens=<label>`` (``tokens_labels``), where layouts
     differ; ``with_tokens=False`` leaves it out (the token-layout table's pairing).
+    ``without``: names of keys left out wherever they sit, with all below them (``tokenizer``:
+    the tokenizer table's pairing, whether the tokenizer is a group of its own or a key of
+    another one).
     """
-    tokens = tokens_labels(configs)
-    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(("pos.", "mask.", "tokens."))}
+    tokens = tokens_labels(configs, without)
+    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(("pos.", "mask.", "tokens."))
+             and not set(k.split(".")) & set(without)}
             | ({"tokens": t} if with_tokens else {}) for c, t in zip(configs, tokens)]
     return _differing(flat)
 
@@ -169,11 +173,28 @@ def pos_labels(configs: list[dict]) -> list[str]:
     return _group_labels([c.get("pos") or {} for c in configs], None)
 
 
-def tokens_labels(configs: list[dict]) -> list[str]:
+def tokens_labels(configs: list[dict], without=()) -> list[str]:
     """The token layout's name (``action`` where a config has none), plus its settings where
     runs of that layout differ in them: ``state_action(loss=action)`` beside
-    ``state_action(loss=all)``, plain ``state_action`` when all agree."""
-    return _group_labels([c.get("tokens") or {} for c in configs], "action")
+    ``state_action(loss=all)``, plain ``state_action`` when all agree; settings named in
+    ``without`` left out."""
+    return _group_labels([{k: v for k, v in (c.get("tokens") or {}).items() if k not in without}
+                          for c in configs], "action")
+
+
+def tokenizer_labels(configs: list[dict], names: list) -> list[str]:
+    """Each run's tokenizer ``names`` (its summary's, ``uniform``), plus the tokenizer settings
+    in which runs of that name differ, wherever the config holds them (any key named
+    ``tokenizer``, with all below it): ``uniform(tokenizer.bins=128)`` beside
+    ``uniform(tokenizer.bins=256)``, plain ``uniform`` when all agree."""
+    flat = [{k: v for k, v in _flatten(c).items() if "tokenizer" in k.split(".")}
+            for c in configs]
+    labels = [None] * len(flat)
+    for name in set(names):
+        idx = [i for i, n in enumerate(names) if n == name]
+        for i, extra in zip(idx, _differing([flat[i] for i in idx])):
+            labels[i] = name if extra == "default" else f"{name}({extra})"
+    return labels
 
 
 def _group_labels(groups: list[dict], default_name) -> list[str]:
@@ -231,6 +252,7 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
             for group in ("mask_audit", "position_shift", "extrapolation"):
                 for key, value in _object(s.get(group)).items():
                     row[key] = value
+            row.update(_action_error(s))
             kv = _object(s.get("kv_cache"))
             consistency = _object(kv.get("consistency"))
             row["kv_matches"] = consistency.get("matches")
@@ -283,6 +305,31 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     tokens = spread(tokens_labels(kept), None)
     runs["tokens"] = [label or tok for label, tok in zip(tokens, runs["tokens"])]
     return runs
+
+
+def _action_error(summary: dict) -> dict:
+    """The action error of a run on continuous actions (``data=lerobot``), as columns: the
+    mean absolute error of the greedy and the expected-value decode on the validation episodes,
+    in the data's units, and the tokenizer's round-trip error on the same steps (what binning
+    alone costs), each with its per-dimension values as JSON. Nothing for the course's runs,
+    whose summaries have no ``action_error``: their runs.csv stays as it was."""
+    error = _object(summary.get("action_error"))
+    if not error:
+        return {}
+    axes = _object(summary.get("axes"))
+    row = {"data": summary.get("data"), "tokenizer": summary.get("tokenizer", axes.get("tokenizer"))}
+    for kind in ACTION_ERRORS:
+        part = _object(error.get(kind))
+        row[f"action_error_{kind}"] = part.get("mean")
+        row[f"action_error_{kind}_per_dim"] = json.dumps(part.get("per_dim"))
+    row["action_error_dims"] = json.dumps(error.get("dims"))
+    row["action_error_episodes"] = error.get("episodes")
+    row["action_error_steps"] = error.get("steps")
+    return row
+
+
+# summary.json's action_error: two decodes of the model's prediction and the tokenizer's floor
+ACTION_ERRORS = ("greedy", "expected", "round_trip")
 
 
 def load_metrics(sweep_dirs, runs: pd.DataFrame | None = None) -> pd.DataFrame:

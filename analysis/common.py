@@ -37,14 +37,22 @@ def as_float(value) -> float:
         return math.nan
 
 
-def pm(mean, half, missing: str | None = None) -> str:
-    """``mean ± half`` to 4 decimals; ``mean`` alone where ``half`` is not finite (one seed:
-    no interval). ``missing``: the text for a mean that is not finite (default: formatted as
-    it is, ``nan``)."""
+def pm(mean, half, missing: str | None = None, digits: int = 4) -> str:
+    """``mean ± half`` to ``digits`` decimals; ``mean`` alone where ``half`` is not finite (one
+    seed: no interval). ``missing``: the text for a mean that is not finite (default: formatted
+    as it is, ``nan``)."""
     mean, half = as_float(mean), as_float(half)
     if missing is not None and not math.isfinite(mean):
         return missing
-    return f"{mean:.4f}" if not math.isfinite(half) else f"{mean:.4f} ± {half:.4f}"
+    return (f"{mean:.{digits}f}" if not math.isfinite(half)
+            else f"{mean:.{digits}f} ± {half:.{digits}f}")
+
+
+def decimals(*values, least: int = 4) -> int:
+    """Decimals that show two significant digits of the smallest non-zero magnitude among
+    ``values``, and never fewer than ``least``: errors in a dataset's own units can be 1e-4."""
+    small = [abs(as_float(v)) for v in values if math.isfinite(as_float(v)) and as_float(v)]
+    return max(least, 1 - math.floor(math.log10(min(small)))) if small else least
 
 
 def parse_per_seed(text) -> list[float]:
@@ -61,17 +69,17 @@ def sign_count(values, diff) -> str:
     return f"{sum(1 for v in values if v * sign > 0)} of {len(values)} seeds"
 
 
-def stated_n(diff, half, per_seed: str, unit: str = "nats") -> str:
+def stated_n(diff, half, per_seed: str, unit: str = "nats", digits: int = 4) -> str:
     """A paired difference with what its interval rests on: ``-0.0031 ± 0.0011 nats (95%
     Student-t interval over n = 3 paired seeds, df = 2; per seed -0.00265, -0.00335,
     -0.00341; 3 of 3 seeds below zero)``. With n < 5 the interval leans on normality, so the
     sign count goes beside it; with one seed there is no interval."""
     values = parse_per_seed(per_seed)
     n = len(values)
-    text = f"{pm(diff, half)} {unit}"
+    text = f"{pm(diff, half, digits=digits)} {unit}"
     if n == 0:
         return text
-    listed = ", ".join(f"{v:+.5f}" for v in values)
+    listed = ", ".join(f"{v:+.{digits + 1}f}" for v in values)
     if n == 1:
         return f"{text} (one seed: no interval)"
     side = "above" if diff > 0 else "below"

@@ -34,7 +34,11 @@ def write_data_files(out, runs, metrics, speed) -> None:
 # columns that are names, whatever they look like (a job folder "0", a seed-like label)
 _TEXT_COLUMNS = {c: str for c in ("sweep", "job", "path", "config", "config_without_tokens",
                                   "pos", "mask", "cache", "tokens", "model_key", "status",
-                                  "split", "precision", "training_config")}
+                                  "split", "precision", "training_config", "data",
+                                  "tokenizer", "action_error_dims",
+                                  "action_error_greedy_per_dim",
+                                  "action_error_expected_per_dim",
+                                  "action_error_round_trip_per_dim")}
 _NEEDED = {"runs.csv": {"sweep", "job", "path", "status", "config", "pos", "mask", "cache",
                         "seed", "model_key"}}
 

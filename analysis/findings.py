@@ -9,14 +9,22 @@ import numpy as np
 import pandas as pd
 
 from analysis import tables
-from analysis.common import CHEATING_GAP, NOISE_FLOOR, difference_verdict, stated_n
+from analysis.common import (
+    CHEATING_GAP,
+    NOISE_FLOOR,
+    decimals,
+    difference_verdict,
+    pm,
+    stated_n,
+)
 
 
 def findings(made) -> list[str]:
     """Sentences stating what the numbers show, for fixed, pre-chosen cells only; ``made``:
     ``build_report``'s tables by name."""
     out = [*_positional(made["positional"]), *_mask_audit(made["mask_audit"]),
-           *_token_layouts(made.get("tokens", pd.DataFrame())), *_kv_cache(made["kv_cache"])]
+           *_token_layouts(made.get("tokens", pd.DataFrame())),
+           *_tokenizers(made.get("tokenizer", pd.DataFrame())), *_kv_cache(made["kv_cache"])]
     status = made["status"]
     if not status.empty:
         listed = ", ".join(f"job {r.job} ({r.status})" for r in status.itertuples())
@@ -117,6 +125,38 @@ def _token_layouts(tok) -> list[str]:
             f"({verdict}): {row.val_action_loss_mean:.4f} vs {base:.4f} with action tokens "
             f"alone, {row.above_noise_floor:.4f} and {base - NOISE_FLOOR:.4f} above the "
             f"noise floor ln 5 = {NOISE_FLOOR:.3f}.")
+    return out
+
+
+def _tokenizers(tok, reference="uniform") -> list[str]:
+    """Runs on continuous actions (causal mask where the sweep varied it): each tokenizer's
+    greedy action error against ``reference``'s, paired by seed, and every row's error above
+    its round-trip floor. Never the cross-entropy, which does not compare across tokenizers."""
+    if tok.empty:
+        return []
+    if "mask" in tok and (tok["mask"] == "causal").any():
+        tok = tok[tok["mask"] == "causal"]
+    out = []
+    for row in tok[tok["tokenizer"] != reference].itertuples():
+        d, ci = getattr(row, f"diff_vs_{reference}"), getattr(row, f"diff_vs_{reference}_ci95")
+        if not np.isfinite(d):
+            continue
+        where = "" if row.config == "default" else f", {row.config}"
+        seeds = stated_n(d, ci, getattr(row, f"diff_vs_{reference}_per_seed"),
+                         unit="in the data's units", digits=decimals(d, ci))
+        ahead = reference if d > 0 else row.tokenizer
+        out.append(f"{row.tokenizer.capitalize()} minus {reference} tokenizer, greedy action "
+                   f"error on the validation episodes (pos={row.pos}{where}): {seeds}, over "
+                   f"{int(row.pairs)} paired seed(s) ({ahead} ahead); the difference is "
+                   f"{difference_verdict(d, ci)}.")
+    digits = decimals(*tok["round_trip_floor"], *tok["greedy_above_floor_ci95"])
+    above = "; ".join(
+        f"{r.tokenizer}, pos={r.pos}{'' if r.config == 'default' else f', {r.config}'}: "
+        f"{r.greedy_error_mean:.{digits}f} "
+        f"({pm(r.greedy_above_floor_mean, r.greedy_above_floor_ci95, digits=digits)} above "
+        f"the floor {r.round_trip_floor:.{digits}f})" for r in tok.itertuples())
+    out.append(f"Greedy action error (mean absolute, in the data's units) and how far it sits "
+               f"above the tokenizer's round-trip floor: {above}.")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Sweep-level figures with seaborn: loss curves, the mask audit, attention grid, KV-cache speed.
+"""Sweep-level figures with seaborn: loss curves, the mask audit, attention grid, KV-cache speed,
+and the action error by tokenizer (runs on continuous actions).
 
 Every band or interval says what it is over, and is computed over just that: the seeds of one
 encoding (and one training configuration), never several encodings pooled. Colours that tell
@@ -346,5 +347,73 @@ def token_layouts(runs, path) -> Path | None:
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+GREEDY = "greedy decode"
+EXPECTED = "expected-value decode"
+
+
+def tokenizers(runs, path) -> Path | None:
+    """The tokenizer question in one figure: the validation action error (mean absolute, in the
+    data's units) of the greedy and the expected-value decode per tokenizer, one panel per
+    encoding (and training configuration apart from the tokenizer: ``runs`` as
+    ``tables.tokenizer_models`` labels them); one dot per trained model (seed), the mean with
+    its 95% interval over those seeds, and the tokenizer's round-trip floor (binning alone) as
+    a grey bar. Causal mask where the sweep has it."""
+    need = {"status", "pos", "mask", "tokenizer", "action_error_greedy",
+            "action_error_expected", "action_error_round_trip"}
+    if runs.empty or not need <= set(runs):
+        return None
+    done = runs[runs["status"] == "completed"].dropna(subset=["action_error_greedy"])
+    done = done.drop_duplicates(subset=["model_key"]) if "model_key" in done else done
+    if (done["mask"] == "causal").any():
+        done = done[done["mask"] == "causal"]
+    if done.empty:
+        return None
+    done = done.assign(config=done["config"] if "config" in done else "default")
+    long = done.melt(id_vars=["config", "pos", "tokenizer", "seed"],
+                     value_vars=["action_error_greedy", "action_error_expected"],
+                     var_name="decode", value_name="value").dropna(subset=["value"])
+    long["decode"] = long["decode"].map({"action_error_greedy": GREEDY,
+                                         "action_error_expected": EXPECTED})
+    panels = list(long.groupby(["config", "pos"]).groups)
+    several = long["config"].nunique() > 1
+    order = sorted(long["tokenizer"].unique())
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    # one panel: as wide as the title and the legend below it
+    fig = Figure(figsize=(max(4.4 * cols, 7.0), 3.6 * rows + 1.0), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    hue = dict(hue="decode", hue_order=[GREEDY, EXPECTED], palette=PALETTE[:2])
+    for ax, (config, pos) in zip(axes, panels):
+        part = long[(long["config"] == config) & (long["pos"] == pos)]
+        floor = (done[(done["config"] == config) & (done["pos"] == pos)]
+                 .groupby("tokenizer")["action_error_round_trip"].mean())
+        for i, name in enumerate(order):
+            if name in floor:
+                ax.hlines(floor[name], i - 0.4, i + 0.4, color="grey", lw=2,
+                          label="round-trip floor (binning alone)" if i == 0 else None)
+        sns.stripplot(data=part, x="tokenizer", y="value", order=order, dodge=True, alpha=0.6,
+                      legend=False, ax=ax, **hue)
+        sns.pointplot(data=part, x="tokenizer", y="value", order=order, dodge=0.4,
+                      errorbar=("ci", 95), markers="_", linestyles="none", capsize=0.1,
+                      legend=ax is axes[0], ax=ax, **hue)
+        ax.set(xlabel="action tokenizer", ylabel="validation action error (mean abs.)",
+               title=f"{config}\npos={pos}" if several else f"pos={pos}")
+        ax.grid(alpha=0.3)
+    top = axes[0].get_ylim()[1]  # after every panel (shared): the floors lie near zero
+    axes[0].set_ylim(0, top * 1.05)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    legend = axes[0].get_legend()
+    if legend is not None:
+        legend.remove()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
+                   fontsize=9)
+    fig.suptitle("Action error by tokenizer, in the data's units (validation episodes)\n"
+                 f"dots: one model (seed) each; bars: mean and 95% CI over seeds, "
+                 f"{_seeds(long, ['config', 'pos', 'tokenizer'])}", fontsize=10)
     fig.savefig(path, dpi=110)
     return Path(path)

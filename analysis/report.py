@@ -15,6 +15,7 @@ from analysis.report_md import report_md, varied
 
 __all__ = ["action_only", "build_report", "findings"]  # findings: for analysis/report.ipynb
 MASK_FIGURE = "Validation loss by mask: teacher-forced vs prefix-only"
+TOKENIZER_FIGURE = "Action error by tokenizer"
 
 
 def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
@@ -45,14 +46,21 @@ def build_report(sweep_dirs, out_dir, target_loss=2.0, log=print, mdx=None,
         "tokens": tables.token_layouts(runs),
         "status": tables.status_table(runs),
     }
+    tokenizer = tables.tokenizers(runs)  # runs on continuous actions only
+    if not tokenizer.empty:
+        made["tokenizer"] = tokenizer
+    for name in ("tokenizer.csv", "tokenizer.md"):  # none left from an earlier report
+        if "tokenizer" not in made:
+            (out / name).unlink(missing_ok=True)
     write_data_files(out, runs, metrics, speed)
     for name, df in made.items():
         df.to_csv(out / f"{name}.csv", index=False)
-        (out / f"{name}.md").write_text(tables.to_markdown(df))
+        (out / f"{name}.md").write_text(tables.tokenizer_markdown(df) if name == "tokenizer"
+                                        else tables.to_markdown(df))
 
     # the course's figures and page show action-token models where a sweep also has others
     course_runs, course_metrics, course_speed = action_only(runs, metrics, speed)
-    figures = _figures(out, runs, metrics, course_runs, course_speed)
+    figures = _figures(out, runs, metrics, course_runs, course_speed, "tokenizer" in made)
     text = report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs, live)
     (out / "report.md").write_text(text)
     log(f"wrote {out / 'report.md'} and the tables and plots beside it")
@@ -82,12 +90,13 @@ def _collect(sweep_dirs, tables_dirs):
     return merge_parts(parts) if len(parts) > 1 else parts[0][1:]
 
 
-def _figures(out, runs, metrics, course_runs, course_speed) -> dict:
+def _figures(out, runs, metrics, course_runs, course_speed, tokenizer=False) -> dict:
     """The report's figures by title (None where a sweep lacks the data, or did not vary the
-    axis a figure compares: mask, tokens), drawn into ``out``."""
-    for name in ("loss_by_mask.png", "tokens.png"):  # none left from an earlier report
+    axis a figure compares: mask, tokens), drawn into ``out``; ``tokenizer``: the sweep has
+    runs on continuous actions, whose action error gets a figure of its own."""
+    for name in ("loss_by_mask.png", "tokens.png", "tokenizer.png"):  # none left from before
         (out / name).unlink(missing_ok=True)
-    return {
+    figures = {
         "Validation loss by positional encoding (causal mask)":
             plots.loss_curves(metrics, "pos", out / "loss_by_pos.png", mask="causal"),
         MASK_FIGURE: (plots.mask_losses(runs, out / "loss_by_mask.png")
@@ -100,6 +109,10 @@ def _figures(out, runs, metrics, course_runs, course_speed) -> dict:
         "Action NLL by token layout": (plots.token_layouts(runs, out / "tokens.png")
                                        if varied(runs, "tokens") else None),
     }
+    if tokenizer:  # a key of its own only here: the course's reports stay as they were
+        figures[TOKENIZER_FIGURE] = plots.tokenizers(tables.tokenizer_models(runs),
+                                                     out / "tokenizer.png")
+    return figures
 
 
 def _labelled(speed, runs):

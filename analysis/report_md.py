@@ -90,6 +90,7 @@ def report_md(sweep_dirs, runs, made, figures, target_loss, tables_dirs=(), live
         "a step's action, generated after that step's state tokens from the data.",
         "", tables.to_markdown(made["kv_cache"]),
         *(_tokens_section(made) if varied(runs, "tokens") else []),
+        *(_tokenizer_section(made) if "tokenizer" in made else []),
     ]
     for title, path in figures.items():
         if path is not None:
@@ -113,6 +114,39 @@ def _tokens_section(made) -> list[str]:
         "token noise, below which no model can go; `diff_vs_action` is paired by seed within "
         "the same configuration and encoding.", "",
         tables.to_markdown(made["tokens"]),
+    ]
+
+
+def _tokenizer_section(made) -> list[str]:
+    """The action-tokenizer section: only for a sweep with runs on continuous actions (their
+    summaries' ``action_error``)."""
+    tok = made["tokenizer"]
+    return [
+        "## Action tokenizers (continuous actions)", "",
+        "Runs on continuous actions (`data=lerobot`) make one token per action dimension per "
+        "step, from bins fitted per dimension on the training episodes only (`tokenizer`: "
+        "`uniform`, equal bins between each dimension's 1st and 99th percentile; `quantile`, "
+        "bins of equal mass). **Cross-entropy is not comparable across tokenizers**: each "
+        "defines its own bins, so one prediction scores differently under each, and the "
+        "`val_loss_*` columns serve to read each tokenizer on its own. The rows compare the "
+        "action error instead: the model's prediction of each validation step's action "
+        "from the true tokens before it, decoded to continuous values (`greedy`: the most likely bin's value; `expected`: "
+        "the probability-weighted mean of the bin values) against the recorded action, as the "
+        "mean absolute error over dimensions and steps, in the data's units; the mean over "
+        "seeds with its 95% Student-t interval. `round_trip_floor` is the tokenizer's own "
+        "error on the same steps, decode(encode(action)): what binning alone costs, the error "
+        "of a model that always picked the recorded action's bin; `*_above_floor` is a "
+        "decode's error minus that floor, taken per seed within each run, what the model adds "
+        "to it. `diff_vs_uniform` is the greedy error minus the uniform tokenizer's, paired by "
+        "seed within the same configuration and encoding" + (" and mask" if "mask" in tok
+                                                             else "")
+        + "; `pairs` counts the seeds it used. Per-dimension errors are in `runs.csv` "
+        "(`action_error_*_per_dim`, in the order of `action_error_dims`)."
+        + (" The action error is teacher-forced, as the validation loss is: without the "
+           "causal mask a model can read the action it predicts from its input (the mask "
+           "audit above), so compare tokenizers on the causal rows (the findings quote "
+           "those alone)." if "mask" in tok else ""), "",
+        tables.tokenizer_markdown(tok),
     ]
 
 

@@ -1,14 +1,17 @@
-"""The four tables: positional encodings, the mask audit, the KV cache and the token layouts."""
+"""The four tables: positional encodings, the mask audit, the KV cache and the token layouts;
+and, for runs on continuous actions, the action tokenizers."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.common import NOISE_FLOOR, as_float
+from analysis.collect import config_labels, tokenizer_labels
+from analysis.common import NOISE_FLOOR, as_float, decimals
 
 
 def t95(n: int) -> float:
@@ -25,10 +28,10 @@ def mean_ci(values) -> tuple[float, float, float, int]:
     return float(v.mean()), std, t95(len(v)) * std / math.sqrt(len(v)), len(v)
 
 
-def per_seed_text(values: pd.Series) -> str:
+def per_seed_text(values: pd.Series, fmt: str = "+.5f") -> str:
     """Paired values by seed as text, ``1: -0.00265; 2: -0.00335``: what an interval over
     seeds rests on, beside it in the tables (analysis/common.py, ``parse_per_seed``)."""
-    return "; ".join(f"{_seed(s)}: {v:+.5f}" for s, v in values.items() if np.isfinite(v))
+    return "; ".join(f"{_seed(s)}: {v:{fmt}}" for s, v in values.items() if np.isfinite(v))
 
 
 def _seed(s) -> str:
@@ -274,6 +277,89 @@ def token_layouts(runs, reference="action") -> pd.DataFrame:
                          per_seed_text(own[paired] - ref_loss[paired])
                          if tokens != reference else "")})
     return pd.DataFrame(rows, columns=cols)
+
+
+def tokenizer_models(runs) -> pd.DataFrame:
+    """The trained models with an action error (runs on continuous actions), ``config``
+    labelled apart from the tokenizer (which ``runs``' own label includes, as a training
+    setting): the rows the tokenizer table and figure compare. Empty for the course's data."""
+    models = trained_models(runs)
+    if models.empty or "action_error_greedy" not in models:
+        return models.iloc[:0]
+    models = models[models["action_error_greedy"].notna()]
+    if models.empty:
+        return models
+    configs = [json.loads(c) if isinstance(c, str) and c else {}
+               for c in models.get("training_config", pd.Series("", index=models.index))]
+    names = models["tokenizer"].fillna("n/a").astype(str).tolist()
+    return models.assign(config=config_labels(configs, without=("tokenizer",)),
+                         tokenizer=tokenizer_labels(configs, names))
+
+
+def tokenizers(runs, reference="uniform") -> pd.DataFrame:
+    """Action error by action tokenizer, for runs on continuous actions (``action_error`` in
+    their summaries); no rows for the course's data, which has none.
+
+    Cross-entropy is not comparable across tokenizers (other bins, another distribution over
+    them), so the rows compare the error of the decoded action in the data's units: the mean
+    absolute error of the greedy and the expected-value decode on the validation episodes,
+    each the mean over seeds with its 95% Student-t interval; the tokenizer's round-trip
+    error on the same steps (``round_trip_floor``: what binning alone costs, the error of a
+    model that always predicted the right bin); each decode's error above that floor, taken
+    per seed within each run; and the greedy error minus ``reference``'s, paired by seed within
+    the same configuration, encoding and mask (``pairs``: seeds on both sides). One row per
+    (configuration apart from the tokenizer, tokenizer with its settings where runs of one
+    tokenizer differ in them, pos, and mask unless every run is causal). The validation loss
+    is there for each tokenizer's own curve, never to compare rows.
+    """
+    cols = ["config", "tokenizer", "pos", "mask", "seeds", "greedy_error_mean",
+            "greedy_error_ci95", "expected_error_mean", "expected_error_ci95", "round_trip_floor",
+            "greedy_above_floor_mean", "greedy_above_floor_ci95", "expected_above_floor_mean",
+            "expected_above_floor_ci95", f"diff_vs_{reference}", f"diff_vs_{reference}_ci95",
+            "pairs", f"diff_vs_{reference}_per_seed", "val_loss_mean", "val_loss_ci95"]
+    models = tokenizer_models(runs)
+    if models.empty:
+        return pd.DataFrame(columns=cols)
+    models = models.assign(
+        above_greedy=models["action_error_greedy"] - models["action_error_round_trip"],
+        above_expected=models["action_error_expected"] - models["action_error_round_trip"])
+    masks = set(models["mask"].astype(str))
+    keys = ["config", "tokenizer", "pos"] + (["mask"] if masks != {"causal"} else [])
+    rows = []
+    for values, group in models.groupby(keys, sort=True):
+        where = dict(zip(keys, values))
+        greedy = _per_seed(group, "action_error_greedy")
+        row = {**where, "seeds": len(greedy.dropna())}
+        for name, col in (("greedy_error", "action_error_greedy"),
+                          ("expected_error", "action_error_expected"),
+                          ("greedy_above_floor", "above_greedy"),
+                          ("expected_above_floor", "above_expected")):
+            m = mean_ci(_per_seed(group, col))
+            row[f"{name}_mean"], row[f"{name}_ci95"] = m[0], m[2]
+            if name == "expected_error":
+                row["round_trip_floor"] = mean_ci(_per_seed(group, "action_error_round_trip"))[0]
+        same = models[np.logical_and.reduce([models[k] == v for k, v in where.items()
+                                             if k != "tokenizer"])]
+        ref = _per_seed(same[same["tokenizer"] == reference], "action_error_greedy")
+        paired = greedy.index.intersection(ref.index)
+        d = (mean_ci((greedy[paired] - ref[paired]).tolist()) if where["tokenizer"] != reference
+             else (math.nan, math.nan, math.nan, math.nan))  # the reference itself
+        row.update({f"diff_vs_{reference}": d[0], f"diff_vs_{reference}_ci95": d[2],
+                    "pairs": d[3], f"diff_vs_{reference}_per_seed": (
+                        # significant digits: errors in the data's units can be 1e-4
+                        per_seed_text(greedy[paired] - ref[paired], fmt="+.4g")
+                        if where["tokenizer"] != reference else "")})
+        loss = mean_ci(_per_seed(group, "val_action_loss"))
+        row["val_loss_mean"], row["val_loss_ci95"] = loss[0], loss[2]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[c for c in cols if c != "mask" or "mask" in keys])
+
+
+def tokenizer_markdown(tok: pd.DataFrame) -> str:
+    """The tokenizer table in Markdown, with three significant digits of its smallest
+    round-trip floor: errors in a dataset's own units can be 1e-4 (the arm's joint changes),
+    which the other tables' 4 decimals would show as 0.0002 or 0.0000."""
+    return to_markdown(tok, digits=decimals(*tok["round_trip_floor"]) + 1 if len(tok) else 4)
 
 
 def status_table(runs) -> pd.DataFrame:

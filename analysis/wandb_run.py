@@ -2,7 +2,8 @@
 
 The jobs' runs (``logger=wandb``) hold each job's curves and figures; this run holds what only
 the whole sweep can answer, the same as report.md: the four tables (``tables/positional``,
-``tables/mask_audit``, ``tables/kv_cache``, ``tables/tokens``), the plots (``plots/<name>``),
+``tables/mask_audit``, ``tables/kv_cache``, ``tables/tokens``; ``tables/tokenizer`` for runs on
+continuous actions), the plots (``plots/<name>``),
 the findings and report.md itself. It joins the group, project and mode the jobs recorded in
 their ``wandb/run.json``; a sweep logged without wandb gets the group its jobs would have had.
 Offline by default, like the jobs: the run is written to ``<report>/wandb/offline-run-*``.
@@ -21,7 +22,7 @@ import pandas as pd
 
 from analysis.common import WANDB_RUN
 
-TABLES = ("positional", "mask_audit", "kv_cache", "tokens")
+TABLES = ("positional", "mask_audit", "kv_cache", "tokens", "tokenizer")  # the last: when made
 PROJECT = "vla-ablate"  # conf/logger/wandb.yaml's default
 
 

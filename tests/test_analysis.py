@@ -36,6 +36,22 @@ def test_config_labels_name_the_token_layout():
     assert config_labels(configs, with_tokens=False) == ["default", "default"]
 
 
+def test_tokenizer_settings_stay_out_of_the_pairing_label():
+    from analysis.collect import config_labels, tokenizer_labels
+
+    configs = [{"tokenizer": {"name": "uniform", "bins": 256}},
+               {"tokenizer": {"name": "quantile", "bins": 256}},
+               {"tokenizer": {"name": "uniform", "bins": 128}}]
+    assert config_labels(configs, without=("tokenizer",)) == ["default"] * 3
+    assert config_labels(configs)[1] == "tokenizer.bins=256,tokenizer.name=quantile"
+    assert tokenizer_labels(configs, ["uniform", "quantile", "uniform"]) == [
+        "uniform(tokenizer.bins=256)", "quantile", "uniform(tokenizer.bins=128)"]
+    # a tokenizer kept as a key of another group is left out just the same
+    nested = [{"tokens": {"name": "action", "tokenizer": t}, "data": {"tokenizer": t}}
+              for t in ("uniform", "quantile")]
+    assert config_labels(nested, without=("tokenizer",)) == ["default", "default"]
+
+
 def test_mean_ci_uses_student_t():
     mean, std, half, n = mean_ci([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3) and std == pytest.approx(1.0)
@@ -374,3 +390,169 @@ def test_no_absolute_path_in_the_published_results():
                 if ABSOLUTE.search(line):
                     found.append(f"{path.relative_to(results)}:{n}: {line[:80]}")
     assert not found, "\n".join(found[:10])
+
+
+# --- the tokenizer table: runs on continuous actions (summary.json's action_error) ---------
+
+SEED_EFFECT = {1: 0.0, 2: 0.05, 3: -0.03}  # shared by both tokenizers: pairing removes it
+GREEDY = {("uniform", "rope"): 0.20, ("quantile", "rope"): 0.17,
+          ("uniform", "sinusoidal"): 0.22, ("quantile", "sinusoidal"): 0.21}
+
+
+def greedy_error(tokenizer, pos, mask, seed) -> float:
+    """The fixture's greedy action error: a seed effect common to both tokenizers, and for
+    quantile a small per-seed part of its own (the paired differences' spread)."""
+    own = 0.001 * seed if tokenizer == "quantile" else 0.0
+    return GREEDY[tokenizer, pos] + (0.1 if mask == "none" else 0.0) + SEED_EFFECT[seed] + own
+
+
+def round_trip(tokenizer, seed) -> float:
+    return 0.010 if tokenizer == "uniform" else 0.008 + 0.0005 * seed
+
+
+def tokenizer_sweep(smoke_sweep, root: Path) -> Path:
+    """Sweeps on continuous actions, made of the smoke sweep's real job folders (cache=on
+    jobs): each summary gains what a run on LeRobot data writes (``data``, ``tokenizer``,
+    ``action_error``), for 2 tokenizers x 3 seeds, with the errors of ``greedy_error``."""
+    sweep, _ = smoke_sweep
+    for tokenizer in ("uniform", "quantile"):
+        for seed in (1, 2, 3):
+            dest = root / f"{tokenizer}-seed{seed}"
+            shutil.copytree(sweep, dest, ignore=shutil.ignore_patterns(
+                "models", "checkpoints", "*cache=off*", "sweep_jobs.json"))
+            for path in dest.glob("*/summary.json"):
+                s = json.loads(path.read_text())
+                greedy = greedy_error(tokenizer, s["pos"], s["mask"], seed)
+                floor = round_trip(tokenizer, seed)
+                s.update(seed=seed, data="lerobot", tokenizer=tokenizer,
+                         model_key=f"{s['model_key']}-{tokenizer}-seed{seed}",
+                         axes={**s["axes"], "seed": seed, "tokenizer": tokenizer})
+                s["training_config"]["tokenizer"] = {"name": tokenizer, "bins": 256}
+                s["action_error"] = {
+                    "greedy": {"mean": greedy, "per_dim": [greedy * 0.5, greedy * 1.5]},
+                    "expected": {"mean": greedy - 0.02,
+                                 "per_dim": [greedy * 0.5 - 0.01, greedy * 1.5 - 0.03]},
+                    "round_trip": {"mean": floor, "per_dim": [floor, floor]},
+                    "dims": ["x", "y"], "episodes": 5, "steps": 120}
+                path.write_text(json.dumps(s))
+    return root
+
+
+def t_half(values) -> float:
+    """The 95% Student-t half-width of the mean of ``values``, by hand."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    return stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5
+
+
+def test_tokenizer_table_from_the_summaries_action_error(smoke_sweep, tmp_path):
+    sweeps = tokenizer_sweep(smoke_sweep, tmp_path / "sweeps")
+    out = tmp_path / "report"
+    proc = run_analysis(sweeps, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "tokenizer.csv")
+    assert len(table) == 2 * 2 * 2  # tokenizer x pos x mask (the sweep varied the mask)
+    assert set(table["config"]) == {"default"}  # the tokenizer is a column, not a config
+    assert (table["seeds"] == 3).all()
+    row = table.set_index(["tokenizer", "pos", "mask"]).loc[("quantile", "rope", "causal")]
+    greedy = [greedy_error("quantile", "rope", "causal", s) for s in (1, 2, 3)]
+    floors = [round_trip("quantile", s) for s in (1, 2, 3)]
+    assert row["greedy_error_mean"] == pytest.approx(np.mean(greedy))
+    assert row["greedy_error_ci95"] == pytest.approx(t_half(greedy))  # spread by the seeds
+    assert row["expected_error_mean"] == pytest.approx(np.mean(greedy) - 0.02)
+    assert row["round_trip_floor"] == pytest.approx(np.mean(floors))
+    above = [g - f for g, f in zip(greedy, floors)]  # per seed, within each run
+    assert row["greedy_above_floor_mean"] == pytest.approx(np.mean(above))
+    assert row["greedy_above_floor_ci95"] == pytest.approx(t_half(above))
+    # paired by seed: the seed effect cancels, leaving -0.03 + 0.001 * seed
+    diffs = [g - greedy_error("uniform", "rope", "causal", s) for g, s in zip(greedy, (1, 2, 3))]
+    assert row["diff_vs_uniform"] == pytest.approx(-0.028)
+    assert row["diff_vs_uniform_ci95"] == pytest.approx(t_half(diffs))
+    assert row["diff_vs_uniform_ci95"] < 0.01 < t_half(greedy)  # unpaired, it would be wide
+    assert row["pairs"] == 3
+    assert row["diff_vs_uniform_per_seed"] == "1: -0.029; 2: -0.028; 3: -0.027"
+    reference = table.set_index(["tokenizer", "pos", "mask"]).loc[("uniform", "rope", "causal")]
+    assert np.isnan(reference["diff_vs_uniform"]) and np.isnan(reference["pairs"])
+    runs = pd.read_csv(out / "runs.csv")
+    losses = runs[(runs["tokenizer"] == "quantile") & (runs["pos"] == "rope")
+                  & (runs["mask"] == "causal")].sort_values("seed")["val_action_loss"]
+    assert row["val_loss_mean"] == pytest.approx(losses.mean())
+    assert json.loads(runs["action_error_dims"].iloc[0]) == ["x", "y"]
+    assert (out / "tokenizer.md").read_text().startswith("| config | tokenizer | pos | mask |")
+    assert (out / "tokenizer.png").stat().st_size > 5000
+    report = (out / "report.md").read_text()
+    assert "## Action tokenizers (continuous actions)" in report
+    assert "Cross-entropy is not comparable across tokenizers" in report
+    assert "![Action error by tokenizer](tokenizer.png)" in report
+    assert ("Quantile minus uniform tokenizer, greedy action error on the validation episodes "
+            "(pos=rope): -0.0280 ± ") in report
+    # made again from the report's own data files: the same table
+    again = run_analysis("--from-tables", out, "--out", tmp_path / "again")
+    assert again.returncode == 0, again.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "tokenizer.csv"), table)
+
+
+def test_tokenizer_table_pairs_only_seeds_on_both_sides(smoke_sweep, tmp_path):
+    from analysis.collect import load_runs
+    from analysis.tables import tokenizers
+
+    sweeps = tokenizer_sweep(smoke_sweep, tmp_path / "sweeps")
+    shutil.rmtree(sweeps / "uniform-seed3")  # uniform lacks seed 3: two pairs remain
+    table = tokenizers(load_runs(sweeps)).set_index(["tokenizer", "pos", "mask"])
+    row = table.loc[("quantile", "sinusoidal", "causal")]
+    assert row["seeds"] == 3 and row["pairs"] == 2
+    assert row["diff_vs_uniform"] == pytest.approx(-0.01 + 0.0015)  # seeds 1 and 2 only
+    assert row["diff_vs_uniform_ci95"] == pytest.approx(t_half([-0.009, -0.008]))
+    assert table.loc[("uniform", "rope", "none"), "seeds"] == 2
+
+
+def test_course_sweeps_get_no_tokenizer_table(smoke_sweep, tmp_path):
+    from analysis.collect import load_runs
+    from analysis.tables import tokenizers
+
+    sweep, _ = smoke_sweep
+    runs = load_runs(sweep)
+    assert not any(c.startswith("action_error") or c == "tokenizer" for c in runs)
+    assert tokenizers(runs).empty
+    out = tmp_path / "report"
+    (out).mkdir()
+    (out / "tokenizer.csv").write_text("left from an earlier report\n")
+    assert run_analysis(sweep, "--out", out).returncode == 0
+    assert not any((out / f"tokenizer.{ext}").exists() for ext in ("csv", "md", "png"))
+    assert "tokenizer" not in (out / "report.md").read_text().lower()
+
+
+def test_small_action_errors_keep_their_digits():
+    """Errors in a dataset's own units can be 1e-4 (the arm's joint changes): the findings
+    show two significant digits of them, never 0.0000."""
+    from analysis.common import decimals
+    from analysis.findings import _tokenizers
+
+    assert decimals(0.0003) == 5 and decimals(0.5, 120.0) == 4 and decimals(0.0, float("nan")) == 4
+    tok = pd.DataFrame([
+        {"config": "default", "tokenizer": "quantile", "pos": "rope", "greedy_error_mean": 0.00123,
+         "round_trip_floor": 0.00021, "greedy_above_floor_mean": 0.00102,
+         "greedy_above_floor_ci95": 0.00004, "diff_vs_uniform": -0.00011,
+         "diff_vs_uniform_ci95": 0.00003, "pairs": 3,
+         "diff_vs_uniform_per_seed": "1: -0.0001; 2: -0.00012; 3: -0.00011"},
+        {"config": "default", "tokenizer": "uniform", "pos": "rope", "greedy_error_mean": 0.00134,
+         "round_trip_floor": 0.00033, "greedy_above_floor_mean": 0.00101,
+         "greedy_above_floor_ci95": 0.00005, "diff_vs_uniform": np.nan,
+         "diff_vs_uniform_ci95": np.nan, "pairs": np.nan, "diff_vs_uniform_per_seed": ""}])
+    diff, above = _tokenizers(tok)
+    assert "-0.000110 ± 0.000030 in the data's units" in diff and "quantile ahead" in diff
+    assert "uniform, pos=rope: 0.001340 (0.001010 ± 0.000050 above the floor 0.000330)" in above
+
+
+def test_the_published_study_regenerates_without_a_tokenizer_table(tmp_path):
+    """The course's data has no action error: a published report made again from its tables
+    gets no tokenizer table, section or figure, and its data files come back byte for byte."""
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-29"
+    out = tmp_path / "again"
+    proc = run_analysis("--from-tables", published, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("runs.csv", "metrics.csv", "speed.csv"):
+        assert (out / name).read_bytes() == (published / name).read_bytes(), name
+    assert not any(out.glob("tokenizer.*"))
+    assert "tokenizer" not in (out / "report.md").read_text().lower()
