@@ -35,6 +35,9 @@ def test_recipe_search_minimises_val_loss_and_resumes(tmp_path):
         assert t.params["train.schedule"] in ("cosine", "wsd")  # the preset's own space
     run_cli([*args[:2], "hydra.sweeper.n_trials=1", *args[3:]], cwd=tmp_path)
     assert len(trials(sweep / "optuna.db")) == 3  # the same study, continued
+    # with new parameters: a resumed search does not draw the first launch's trials again
+    resumed = trials(sweep / "optuna.db")[-1]
+    assert all(resumed.params != t.params for t in first)
     # benchmarks/recipe_trials.py ranks them and finds the best trial's curve
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe_trials.py"),
                           str(sweep), "--csv", str(tmp_path / "trials.csv")],
