@@ -18,7 +18,7 @@ LAYERS = [
     ["_version", "errors", "fileio", "precision"],
     ["console", "runfolder", "optim", "plots"],
     ["data", "data.process", "data.store", "data.tokens", "data.lerobot", "data.tokenizer",
-     "model"],
+     "data.hub", "data.robot", "model"],
     ["factory", "host"],
     ["config"],
     ["training"],
