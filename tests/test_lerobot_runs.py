@@ -394,7 +394,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("case, message", BAD, ids=[c for c, _ in BAD])
-def test_bad_datasets_are_one_line_before_anything_is_read_twice(tmp_path, case, message):
+def test_bad_datasets_are_one_line_config_errors(tmp_path, case, message):
     root = dataset(tmp_path / "d")
     extra = break_dataset(root, case)
     with pytest.raises(ConfigError) as err:
