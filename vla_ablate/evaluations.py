@@ -98,13 +98,16 @@ class _Steps:
 def consistency_inputs(cfg, layout: TokenLayout, val_seqs, robot: RobotData | None = None):
     """(prompts, given, new steps) of the KV-cache evaluations; the consistency check uses the
     first 4 prompts (and their given states) over ``new`` steps. ``robot``: the starts of its
-    validation episodes (``RobotData.rollouts``; given is None without state tokens)."""
+    validation episodes (``RobotData.rollouts``; given is None without state tokens), over
+    20 // D steps of D action tokens."""
     new = min(20, cfg.model.max_seq_len - cfg.eval.gen_prompt_len)
     if robot is None:
         return (*rollout_inputs(cfg, layout, val_seqs, new), new)
     e = cfg.eval
     longest = max(robot.lengths(robot.val))
-    new = min(new, longest - e.gen_prompt_len)  # the states of every step come from the data
+    # about as many generated tokens as the course's 20 (D a step), within the episodes: the
+    # states of every step come from the data
+    new = min(new, max(1, 20 // layout.actions), longest - e.gen_prompt_len)
     prompts, given = robot.rollouts(e.gen_prompt_len, max([*e.gen_new_tokens, new]))
     return prompts, given if layout.state else None, new
 
