@@ -430,3 +430,14 @@ def test_bad_input_exits_2_before_the_folder_is_bound(tmp_path, case):
                     f"hydra.run.dir={run}"], cwd=tmp_path, check=False)
     assert_one_line_error(proc, dict(BAD)[case])
     assert not (run / BINDING).exists() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_check_cache_reads_the_dataset_and_visualize_refuses_in_one_line(state_action_run, tmp_path):
+    _, run, _ = state_action_run
+    proc = run_module("vla_ablate.check_cache", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "cached decoding matches the full pass" in proc.stdout
+    assert "greedy decodes: identical" in proc.stdout
+    refused = run_module("vla_ablate.visualize", run, "--out", tmp_path / "v.png")
+    assert_one_line_error(refused, "was trained on a LeRobot dataset (data=lerobot)")

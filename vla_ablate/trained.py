@@ -70,6 +70,11 @@ def load_checkpoint_file(path, state_tokens: bool = False) -> dict:
     except CheckpointError as err:
         raise CommandError(str(err)) from None
     vocab = state["model_args"].get("vocab_size", VOCAB_SIZE)
+    if not state_tokens and (train_dir_of(path) / TOKENIZER).is_file():
+        raise CommandError(f"{path} was trained on a LeRobot dataset (data=lerobot); this "
+                           "command reads the course's action-token models only (python -m "
+                           "vla_ablate.sample and .check_cache read it; its run folder's "
+                           "summary.json holds the evaluations)")
     if vocab != VOCAB_SIZE and not state_tokens:  # they prompt and score action tokens
         raise CommandError(f"{path} was trained on state and action tokens (tokens=state_action, "
                            f"vocabulary {vocab}); this command reads action-token models only "
