@@ -252,6 +252,8 @@ def _final_summary(cfg, job: Job, summary: dict, stamp: dict, status: str, messa
     summary = {**summary, **stamp}
     if "training_config" not in summary:  # so the analysis labels a failed job like the rest
         summary["training_config"] = job.training
+    if job.robot is not None:
+        summary.setdefault("data", "lerobot")
     if status != "completed":
         summary = {**summary, "status": "failed" if status == "bad_config" else status,
                    **job.axes, "axes": job.axes, "error": message or summary.get("error"),
