@@ -252,7 +252,7 @@ def _final_summary(cfg, job: Job, summary: dict, stamp: dict, status: str, messa
     summary = {**summary, **stamp}
     if "training_config" not in summary:  # so the analysis labels a failed job like the rest
         summary["training_config"] = job.training
-    if job.robot is not None:
+    if "tokenizer" in job.axes:  # data=lerobot: its axes name the tokenizer
         summary.setdefault("data", "lerobot")
     if status != "completed":
         summary = {**summary, "status": "failed" if status == "bad_config" else status,
