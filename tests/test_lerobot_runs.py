@@ -441,3 +441,19 @@ def test_check_cache_reads_the_dataset_and_visualize_refuses_in_one_line(state_a
     assert "greedy decodes: identical" in proc.stdout
     refused = run_module("vla_ablate.visualize", run, "--out", tmp_path / "v.png")
     assert_one_line_error(refused, "was trained on a LeRobot dataset (data=lerobot)")
+
+
+def test_evaluations_read_the_tokenizer_saved_beside_the_model(tmp_path):
+    root = dataset(tmp_path / "d")
+    layout = robot_layout(2, None, 256)
+    robot = RobotData.build(read_lerobot(root), layout, 8, 0.9, 42, 42, "uniform")
+    assert pipeline.model_robot_data(robot, tmp_path) is robot  # no file yet: as fitted
+    other = RobotData.build(read_lerobot(root), layout, 8, 0.9, 42, 42, "quantile").tokenizers
+    other.save(tmp_path / TOKENIZER)
+    used = pipeline.model_robot_data(robot, tmp_path)
+    assert used.tokenizers.same_as(other) and not used.tokenizers.same_as(robot.tokenizers)
+    assert np.array_equal(used.train, robot.train) and np.array_equal(used.val, robot.val)
+    expected = other.action.encode(robot.episodes.actions[0]) + np.arange(2) * 256
+    assert torch.equal(used.sequences[0], torch.as_tensor(expected).flatten())
+    robot.tokenizers.save(tmp_path / TOKENIZER)
+    assert pipeline.model_robot_data(robot, tmp_path) is robot
