@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_cli_tools import assert_one_line_error, run_module
@@ -21,7 +23,7 @@ from vla_ablate.data.lerobot import read_lerobot, write_lerobot
 from vla_ablate.data.robot import RobotData, robot_layout
 from vla_ablate.data.tokenizer import Tokenizers
 from vla_ablate.data.tokens import ACTION, TokenLayout
-from vla_ablate.errors import ConfigError
+from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.model import DecoderOnlyTransformer
 from vla_ablate.runfolder import BINDING, MODELS, SUMMARY, TOKENIZER
 
@@ -336,8 +338,6 @@ def test_a_hub_dataset_is_fetched_into_the_data_cache(tmp_path, monkeypatch):
 
 
 def test_without_a_network_the_hub_is_one_line(monkeypatch):
-    from vla_ablate.errors import DataError
-
     def offline(repo_id, cache_dir, log=print):
         raise DataError(f"cannot reach the Hugging Face Hub to fetch {repo_id} (no network?)")
 
@@ -349,9 +349,6 @@ def test_without_a_network_the_hub_is_one_line(monkeypatch):
 
 def break_dataset(root: Path, case: str) -> list[str]:
     """Damage ``root`` as ``case`` says; the overrides the case needs."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     info_path = root / "meta" / "info.json"
     info = json.loads(info_path.read_text())
     if case == "no info":
