@@ -27,7 +27,7 @@ from vla_ablate.data.tokens import layout_from_config
 from vla_ablate.errors import CommandError, first_line
 from vla_ablate.evaluations import consistency_inputs
 from vla_ablate.runfolder import JOB_CONFIG, SUMMARY, read_json
-from vla_ablate.trained import load_checkpoint_file, load_model, validation_actions
+from vla_ablate.trained import load_checkpoint_file, load_model, robot_data, validation_actions
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -61,15 +61,23 @@ def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     except (RuntimeError, ValueError) as err:  # no such device here
         raise CommandError(f"cannot use --device {device}: {first_line(err)}") from None
     # the action layout prompts with the validation split's first steps (generated without
-    # Hydra, as the job's data.seed or data.path made it); a rollout draws fresh trajectories
-    val = validation_actions(state["path"])[0] if layout.name == "action" else None
-    prompts, given, new = consistency_inputs(cfg, layout, val)
+    # Hydra, as the job's data.seed or data.path made it); a rollout draws fresh trajectories;
+    # a LeRobot dataset's model: its validation episodes, read through its tokenizer file
+    found = robot_data(state["path"])
+    robot, ranges = None, None
+    if found is not None:
+        robot, layout = found[0], found[0].layout
+        ranges = [(r.start, r.stop) for r in map(layout.action_range, range(layout.actions))]
+    val = (validation_actions(state["path"])[0] if layout.name == "action" and robot is None
+           else None)
+    prompts, given, new = consistency_inputs(cfg, layout, val, robot)
     first = None if given is None else given[:4, :new].to(device)
     results = []
     for precision in precisions or [recorded.get("precision") or "fp32"]:
         gen = evaluate.generation_model(model, precision)
         result = evaluate.kv_cache_consistency(gen, prompts[:4].to(device), new,
-                                               torch.device(device), given=first)
+                                               torch.device(device), given=first,
+                                               step_ranges=ranges)
         if recorded.get("precision") == precision and recorded.get("consistency"):
             result["recorded"] = {**recorded["consistency"], "device": summary.get("device")}
         results.append(result)

@@ -17,8 +17,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from vla_ablate.console import log
+from vla_ablate.data.hub import fetch
+from vla_ablate.data.lerobot import feature, read_info
+from vla_ablate.data.robot import robot_layout
+from vla_ablate.data.tokenizer import KINDS
 from vla_ablate.data.tokens import TokenLayout, layout_from_config
-from vla_ablate.errors import ConfigError
+from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.factory import model_args_from_config
 from vla_ablate.host import pick_device
 from vla_ablate.optim import OPTIMIZERS, SCHEDULES, newton_schulz_precision
@@ -27,6 +32,7 @@ from vla_ablate.precision import PRECISIONS, resolve_precision
 
 @dataclass
 class DataConfig:
+    name: str = "synthetic"  # synthetic: the course's arm | lerobot: a LeRobot dataset
     num_trajectories: int = 10000
     seq_length: int = 50
     seed: int = 42
@@ -35,6 +41,12 @@ class DataConfig:
     cache_dir: str | None = None  # default: <launch dir>/outputs/datasets
     fresh_per_epoch: bool = True  # draw new training trajectories every epoch (generated data)
     vary_with_seed: bool = True  # training trajectories depend on `seed` (validation does not)
+    # data=lerobot only (conf/data/lerobot.yaml; left out of the course's training config)
+    root: str | None = None  # a local LeRobot dataset folder (holds meta/info.json)
+    repo_id: str | None = None  # a Hub dataset (lerobot/pusht): fetched into cache_dir
+    action_key: str = "action"
+    state_key: str | None = "observation.state"
+    window: int = 50  # steps per training sequence (consecutive steps of one episode)
 
 
 @dataclass
@@ -66,6 +78,12 @@ class TokensConfig:
     state: list[str] = field(default_factory=list)  # state values per step (state_action)
     bins: int = 128  # quantisation bins per state value
     loss: str = "all"  # the training objective: all tokens | action tokens only
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "uniform"  # uniform | quantile (vla_ablate/data/tokenizer.py)
+    bins: int = 256  # bins per action (and state) dimension
 
 
 @dataclass
@@ -144,6 +162,7 @@ class Config:
     mask: MaskConfig = field(default_factory=MaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
+    tokenizer: TokenizerConfig | None = None  # data=lerobot: continuous values -> tokens
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -173,11 +192,50 @@ if not OmegaConf.has_resolver("vla_job_dir"):
     OmegaConf.register_new_resolver("vla_job_dir", job_dir_name)
 
 
+DATA_NAMES = ("synthetic", "lerobot")
+# data=lerobot's keys: left out of the training config of the course's data (its folders and
+# model keys stay valid), the course's keys left out of a LeRobot dataset's
+LEROBOT_KEYS = ("root", "repo_id", "action_key", "state_key", "window")
+_SYNTHETIC_ONLY = ("num_trajectories", "seq_length", "path", "fresh_per_epoch", "vary_with_seed")
+DEFAULT_TOKENIZER = {"name": "uniform", "bins": 256}  # data=lerobot without a tokenizer group
+
+
+def is_lerobot(cfg) -> bool:
+    return cfg.data.get("name", "synthetic") == "lerobot"
+
+
+def tokenizer_of(cfg) -> dict:
+    """``tokenizer``'s name and bins for data=lerobot (uniform, 256 when none is chosen)."""
+    t = cfg.get("tokenizer")
+    return dict(DEFAULT_TOKENIZER) if t is None else {"name": str(t.name), "bins": int(t.bins)}
+
+
+def sequence_steps(cfg) -> int:
+    """Steps per training sequence: ``data.window`` for a LeRobot dataset, else
+    ``data.seq_length``."""
+    return cfg.data.window if is_lerobot(cfg) else cfg.data.seq_length
+
+
 def resolve_data_path(cfg) -> None:
-    """``data.path`` made absolute: a folder is bound to the file, not to a path relative to the
-    working directory (the job and the sweep's checks compare the same value)."""
-    if cfg.data.path is not None:
-        cfg.data.path = str(Path(cfg.data.path).resolve())
+    """``data.path`` (and ``data.root``) made absolute: a folder is bound to the file, not to a
+    path relative to the working directory (the job and the sweep's checks compare the same
+    value). ``data.repo_id``: fetched into the data cache (``data.hub``), ``data.root`` set to
+    the copy; ``ConfigError`` (one line) where it cannot be had."""
+    d = cfg.data
+    if d.path is not None:
+        d.path = str(Path(d.path).resolve())
+    if not is_lerobot(cfg):
+        return
+    if d.repo_id is not None and d.root is not None:
+        raise ConfigError("give data.root or data.repo_id, not both")
+    if d.repo_id is not None:
+        cache_dir = Path(d.cache_dir) if d.cache_dir else Path.cwd() / "outputs" / "datasets"
+        try:
+            d.root = str(fetch(d.repo_id, cache_dir, log=log))
+        except DataError as err:
+            raise ConfigError(str(err)) from None
+    if d.root is not None:
+        d.root = str(Path(d.root).resolve())
 
 
 def check_batch_fits(batch_size: int, n_train: int) -> None:
@@ -188,11 +246,37 @@ def check_batch_fits(batch_size: int, n_train: int) -> None:
 
 
 def layout_of(cfg: Any) -> TokenLayout:
-    """The config's token layout; a bad ``tokens`` group is a ``ConfigError``."""
+    """The config's token layout; a bad ``tokens`` group is a ``ConfigError``. A LeRobot
+    dataset's comes from its ``meta/info.json`` (its action and state widths)."""
+    if is_lerobot(cfg):
+        return _robot_layout(cfg)
     try:
         return layout_from_config(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def _robot_layout(cfg: Any) -> TokenLayout:
+    d, t = cfg.data, cfg.tokens
+    if t.name not in ("action", "state_action"):
+        raise ConfigError(f"tokens must be action or state_action, got '{t.name}'")
+    if d.root is None:
+        raise ConfigError("data=lerobot needs data.root=DIR (a local dataset) or "
+                          "data.repo_id=OWNER/NAME (a Hub dataset)")
+    root = Path(d.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root does not exist or is not a folder: {d.root}")
+    try:
+        info = read_info(root)
+        width, _ = feature(info, d.action_key, root)
+        states = None
+        if t.name == "state_action":
+            if not d.state_key:
+                raise ConfigError("tokens=state_action needs data.state_key (the state column)")
+            states = feature(info, d.state_key, root)[1]
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    return robot_layout(width, states, tokenizer_of(cfg)["bins"], str(t.loss))
 
 
 def check_shifts(cfg: Any, seq_length: int, source: str = "",
@@ -252,8 +336,9 @@ def validate(cfg: Any) -> TokenLayout:
         (t.compile in ("auto", "on", "off"),
          f"train.compile must be auto, on or off, got '{t.compile}'"),
         (0 <= m.dropout < 1, f"model.dropout must lie in [0, 1), got {m.dropout}"),
+        (d.name in DATA_NAMES, f"data must be {' or '.join(DATA_NAMES)}, got '{d.name}'"),
         (d.seq_length >= 2, f"data.seq_length must be >= 2, got {d.seq_length}"),
-        (d.seq_length <= m.max_seq_len,
+        (is_lerobot(cfg) or d.seq_length <= m.max_seq_len,
          f"data.seq_length ({d.seq_length}) exceeds model.max_seq_len ({m.max_seq_len})"),
         (0 < d.train_split < 1, f"data.train_split must lie in (0, 1), got {d.train_split}"),
         (cfg.logger.name in ("csv", "wandb", "none"),
@@ -277,6 +362,14 @@ def validate(cfg: Any) -> TokenLayout:
 
 def _check_data(cfg: Any) -> None:
     d, t = cfg.data, cfg.train
+    if is_lerobot(cfg):
+        return _check_lerobot(cfg)
+    if cfg.get("tokenizer") is not None:
+        raise ConfigError(f"tokenizer={cfg.tokenizer.name} applies to data=lerobot (continuous "
+                          "actions); the course's data are action tokens already")
+    for key in ("root", "repo_id"):
+        if d.get(key) is not None:
+            raise ConfigError(f"data.{key} applies to data=lerobot, not to the course's data")
     if d.path is None:
         n_train = int(d.num_trajectories * d.train_split)
         if n_train < 1 or n_train >= d.num_trajectories:
@@ -293,9 +386,27 @@ def _check_data(cfg: Any) -> None:
             raise ConfigError(f"data.path is not readable: {d.path}")
 
 
+def _check_lerobot(cfg: Any) -> None:
+    """data=lerobot's own keys (the dataset itself is read and checked by the job)."""
+    d, m = cfg.data, cfg.model
+    tok = tokenizer_of(cfg)
+    checks = [
+        (d.path is None, "data.path applies to the course's data; data=lerobot reads data.root"),
+        (d.window >= 2, f"data.window must be >= 2, got {d.window}"),
+        (d.window <= m.max_seq_len,
+         f"data.window ({d.window}) exceeds model.max_seq_len ({m.max_seq_len})"),
+        (0 < d.train_split < 1, f"data.train_split must lie in (0, 1), got {d.train_split}"),
+        (tok["name"] in KINDS, f"tokenizer must be {' or '.join(KINDS)}, got '{tok['name']}'"),
+        (tok["bins"] >= 2, f"tokenizer.bins must be >= 2, got {tok['bins']}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 def _check_eval(cfg: Any, layout: TokenLayout) -> None:
     """The evaluations' lengths, in steps (a step is the layout's tokens per step)."""
-    d, m, e = cfg.data, cfg.model, cfg.eval
+    m, e = cfg.model, cfg.eval
     for key in ("audit_trajectories", "shift_trajectories", "extrapolation_trajectories",
                 "gen_repeats"):  # zero would leave an evaluation without anything to measure
         if e[key] < 1:
@@ -304,13 +415,14 @@ def _check_eval(cfg: Any, layout: TokenLayout) -> None:
     for key in ("gen_batch_sizes", "gen_new_tokens"):  # a speed row of no work is no result
         if any(v < 1 for v in e[key]):
             raise ConfigError(f"eval.{key} must all be >= 1, got {list(e[key])}")
-    longest = d.seq_length * max(e.extrapolation_factors, default=1)
+    steps = sequence_steps(cfg)
+    longest = steps * max(e.extrapolation_factors, default=1)
     if longest > m.max_seq_len:
         raise ConfigError(
             f"eval.extrapolation_factors need trajectories of {longest} steps, beyond "
             f"model.max_seq_len ({m.max_seq_len})"
         )
-    check_shifts(cfg, d.seq_length, layout=layout)
+    check_shifts(cfg, steps, layout=layout)
     if any(k < 0 for k in e.position_shifts):
         raise ConfigError(f"eval.position_shifts must be >= 0, got {list(e.position_shifts)}")
     gen_len = e.gen_prompt_len + max(e.gen_new_tokens, default=0)
@@ -319,8 +431,9 @@ def _check_eval(cfg: Any, layout: TokenLayout) -> None:
             f"eval.gen_prompt_len + eval.gen_new_tokens need {gen_len} steps, beyond "
             f"model.max_seq_len ({m.max_seq_len})"
         )
-    if not 1 <= e.gen_prompt_len <= d.seq_length:
-        raise ConfigError(f"eval.gen_prompt_len must lie in [1, data.seq_length], got {e.gen_prompt_len}")
+    if not 1 <= e.gen_prompt_len <= steps:
+        key = "data.window" if is_lerobot(cfg) else "data.seq_length"
+        raise ConfigError(f"eval.gen_prompt_len must lie in [1, {key}], got {e.gen_prompt_len}")
 
 
 # Keys that change how a model is trained; everything else (cache, logger, eval) is inference
@@ -330,7 +443,7 @@ _TRAINING_KEYS = ("seed", "data", "model", "pos", "mask", "tokens", "train")
 # configuration where they hold the value that reproduces those models' training, so their
 # folders and model keys stay valid (decay_frac means nothing under the cosine)
 _LEGACY_TRAIN = {"schedule": "cosine", "embed_lr": None, "head_lr": None, "muon_momentum": 0.95}
-_NOT_TRAINING = {"data": ("cache_dir",), "model": (),
+_NOT_TRAINING = {"data": ("cache_dir", "name", *LEROBOT_KEYS), "model": (),
                  "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
                            "compile", "checkpoint_minutes")}
 
@@ -354,6 +467,13 @@ def training_config(cfg, device=None, precision: str | None = None) -> dict:
     """
     parts = {}
     for key in _TRAINING_KEYS:
+        if key == "data" and is_lerobot(cfg):
+            parts[key] = _lerobot_data(cfg)
+            continue
+        if key == "tokens" and is_lerobot(cfg):
+            parts[key] = {"name": str(cfg.tokens.name), "loss": str(cfg.tokens.loss)}
+            parts["tokenizer"] = tokenizer_of(cfg)
+            continue
         if key == "tokens":
             # left out for tokens=action: the sequence every model before the tokens group was
             # trained on, so their folders and model keys stay valid
@@ -377,6 +497,15 @@ def training_config(cfg, device=None, precision: str | None = None) -> dict:
     except (ValueError, ConfigError):
         pass  # validate() reports a precision or device that cannot be used
     return parts
+
+
+def _lerobot_data(cfg) -> dict:
+    """A LeRobot dataset's part of the training config: where it is (``repo_id``, else the
+    folder), the columns, the window and the split; the course's keys do not apply."""
+    d = OmegaConf.to_container(cfg.data, resolve=True)
+    if d.get("repo_id") is not None:
+        d["root"] = None  # the data cache's copy: wherever the cache lies, the same data
+    return {k: v for k, v in d.items() if k not in ("cache_dir", *_SYNTHETIC_ONLY)}
 
 
 def model_key(cfg, training: dict | None = None) -> str:

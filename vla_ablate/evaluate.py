@@ -21,6 +21,7 @@ import math
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -151,20 +152,92 @@ def extrapolation(model, data_seed, seq_length, factors, n, device, precision="f
         data = generate_dataset(n, length, derived_seed(data_seed, "extrapolation", factor),
                                 progress=False)
         seqs = layout.sequences(data["states"], data["actions"])
-        losses = token_losses(model, seqs, device, precision=precision)  # (n, L - 1)
-        select = layout.action_targets(seqs.shape[1])
-        if select is None:
-            if factor == 1:
-                out["loss_1x"] = losses.mean().item()
-            else:  # predictions of tokens seq_length..end: positions never trained on
-                out[f"loss_{factor}x_beyond"] = losses[:, seq_length - 1 :].mean().item()
-            continue
-        if factor == 1:
-            out["loss_1x"] = losses[:, select].mean().item()
-        else:  # the action tokens of steps seq_length..end
-            beyond = layout.action_targets(seqs.shape[1], from_step=seq_length)
-            out[f"loss_{factor}x_beyond"] = losses[:, beyond].mean().item()
+        out[_extrapolation_key(factor)] = _extrapolation_loss(model, seqs, seq_length, factor,
+                                                              device, precision, layout)
     return out
+
+
+def _extrapolation_key(factor: int) -> str:
+    return "loss_1x" if factor == 1 else f"loss_{factor}x_beyond"
+
+
+def _extrapolation_loss(model, seqs, seq_length, factor, device, precision, layout) -> float:
+    """The loss ``extrapolation`` reports for ``seqs`` of ``factor`` x ``seq_length`` steps:
+    every action token at 1x, those of steps seq_length..end beyond it."""
+    losses = token_losses(model, seqs, device, precision=precision)  # (n, L - 1)
+    select = layout.action_targets(seqs.shape[1])
+    if select is None:
+        if factor == 1:
+            return losses.mean().item()
+        # predictions of tokens seq_length..end: positions never trained on
+        return losses[:, seq_length - 1 :].mean().item()
+    if factor == 1:
+        return losses[:, select].mean().item()
+    # the action tokens of steps seq_length..end
+    beyond = layout.action_targets(seqs.shape[1], from_step=seq_length)
+    return losses[:, beyond].mean().item()
+
+
+def extrapolation_windows(model, robot, factors, n, device, precision="fp32") -> dict:
+    """``extrapolation`` on a dataset's own episodes (``data=lerobot``): windows of ``factor`` x
+    ``data.window`` steps from the same validation episodes (their first ``n``, as
+    ``RobotData.val_rows`` cuts them). A factor that no validation episode is long enough for
+    is left out, and ``skipped`` says why."""
+    out, skipped = {}, {}
+    for factor in [1, *factors]:
+        length = robot.window * factor
+        seqs = robot.val_windows(length, limit=n)
+        if not len(seqs):
+            skipped[f"{factor}x"] = f"no validation episode has {length} steps"
+            continue
+        out[_extrapolation_key(factor)] = _extrapolation_loss(model, seqs, robot.window, factor,
+                                                              device, precision, robot.layout)
+        out[f"windows_{factor}x"] = len(seqs)
+    if skipped:
+        out["skipped"] = skipped
+    return out
+
+
+@torch.no_grad()
+def action_error(model, robot, device, precision="fp32", batch_size=64) -> dict:
+    """The action error in the data's units on the validation windows (``data=lerobot``).
+
+    Teacher-forced: each action token a_t[i] is predicted from the true sequence before it (the
+    earlier steps, step t's states and its dimensions 0..i-1), as in validation. Its logits over
+    dimension i's ids decode two ways: ``greedy`` (the likeliest bin's midpoint) and
+    ``expected`` (the probability-weighted mean of the bin midpoints); ``round_trip`` is what
+    binning alone loses on the same frames (the floor). Mean absolute errors per dimension and
+    their mean, over steps 1..window-1 of every validation window (step 0 of a window has no
+    earlier step; the same frames in both layouts)."""
+    layout, tok = robot.layout, robot.tokenizers.action
+    seqs, truth = robot.val_windows(), robot.val_actions()[:, 1:]  # truth (N, T - 1, D)
+    P, S, D, bins = layout.per_step, len(layout.state), layout.actions, layout.action_bins
+    T = seqs.shape[1] // P
+    # the position whose output predicts a_t[i]: the token before it
+    rows = torch.tensor([t * P + S + i - 1 for t in range(1, T) for i in range(D)])
+    mids = torch.as_tensor((tok.edges[:, :-1] + tok.edges[:, 1:]) / 2)  # (D, bins)
+    greedy, expected = [], []
+    model.eval()
+    for start in range(0, len(seqs), batch_size):
+        x = seqs[start : start + batch_size].to(device)
+        with autocast(precision, device):
+            hidden = model.hidden_states(x[:, :-1])[:, rows.to(device)]
+            logits = model.lm_head(hidden)
+        logits = logits.float().cpu().unflatten(1, (T - 1, D))  # (B, T - 1, D, V)
+        own = torch.stack([logits[..., i, i * bins : (i + 1) * bins] for i in range(D)], dim=2)
+        greedy.append(tok.decode(own.argmax(-1).numpy()))
+        expected.append((torch.softmax(own.double(), -1) * mids).sum(-1).numpy())
+    trip = tok.round_trip_error(truth)
+
+    def errors(values):
+        per_dim = np.abs(np.concatenate(values) - truth).reshape(-1, D).mean(0)
+        return {"mean": float(per_dim.mean()), "per_dim": per_dim.tolist()}
+
+    return {"greedy": errors(greedy), "expected": errors(expected),
+            "round_trip": {"mean": float(trip.mean()), "per_dim": trip.tolist()},
+            "dims": list(robot.tokenizers.action_names),
+            "episodes": len({e for e, _ in robot.val_rows(robot.window)}),
+            "steps": int(truth.shape[0] * truth.shape[1])}
 
 
 def generation_model(model, precision, compile_decode=False):
@@ -181,7 +254,8 @@ def generation_model(model, precision, compile_decode=False):
 
 
 @torch.no_grad()
-def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict:
+def kv_cache_consistency(model, prompts, new_tokens, device, given=None,
+                         step_ranges=None) -> dict:
     """Do cached logits equal the full pass step by step, and do greedy decodes agree?
 
     Runs in the model's own dtype (the generation precision); the tolerance follows it.
@@ -194,21 +268,24 @@ def kv_cache_consistency(model, prompts, new_tokens, device, given=None) -> dict
     decodes are identical, or, with a causal mask, part only at near-ties: where each row's
     decodes first part, both passes score the two tokens within the tolerance of each other
     (``greedy_tie``: in bf16 logits a few rounding steps apart, which the two paths' roundings
-    can order either way; ``first_difference`` says where and by how much).
+    can order either way; ``first_difference`` says where and by how much). ``step_ranges``:
+    D action tokens a step, each from its own ids (``generate``), new_tokens counting steps.
     """
     model.eval()
     precision = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
     x = prompts.to(device)
-    below = None if given is None else VOCAB_SIZE  # a rollout generates action tokens only
+    # a rollout generates action tokens only (with step_ranges the ids are absolute)
+    below = None if given is None or step_ranges is not None else VOCAB_SIZE
     greedy_cached = model.generate(x, new_tokens, top_k=1, use_cache=True, given=given,
-                                   sample_below=below)
+                                   sample_below=below, step_ranges=step_ranges)
     greedy_plain = model.generate(x, new_tokens, top_k=1, use_cache=False, given=given,
-                                  sample_below=below)
+                                  sample_below=below, step_ranges=step_ranges)
     full, _ = model(greedy_plain)
     T0, total = x.shape[1], greedy_plain.shape[1]
     k = 0 if given is None else given.shape[-1]
+    d = 1 if step_ranges is None else len(step_ranges)
     # generate's chunks: up to the first sampled slot, then from each slot to the next
-    bounds = [0, *range(T0 + k, total, k + 1), total]
+    bounds = [0, *model.generation_slots(T0, new_tokens, k, d), total]
     model.setup_cache(x.shape[0], total)
     try:
         positions = torch.arange(total, device=device)
@@ -259,7 +336,8 @@ def first_greedy_difference(full, cached, plain, greedy_cached, below=None) -> d
 
 
 def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, device,
-                            given=None, clock=time.perf_counter, warm_each_cell=True) -> list:
+                            given=None, clock=time.perf_counter, warm_each_cell=True,
+                            step_ranges=None) -> list:
     """Cached vs uncached greedy generation, alternated on the same model in this process.
 
     Per cell (batch size x new tokens): an untimed warm-up of both sides at the cell's own
@@ -276,7 +354,9 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
     ``speedup`` is the median over pairs of (uncached time / cached time), with their min-max.
     ``given`` (len(prompts), max(new_tokens), k): a rollout of that many steps, each step's k
     state tokens from the data; new tokens are then generated actions (one per step).
-    ``clock``: seconds, as ``time.perf_counter`` (a test passes a fake one).
+    ``clock``: seconds, as ``time.perf_counter`` (a test passes a fake one). ``step_ranges``:
+    each step is D generated action tokens, each from its own ids (``generate``); new tokens
+    then count steps.
     """
     model.eval()
     rows = []
@@ -288,7 +368,8 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
         def run(n, use_cache, x=x, g=g):
             model.generate(x, n, top_k=1, use_cache=use_cache,
                            given=None if g is None else g[:, :n],
-                           sample_below=None if g is None else VOCAB_SIZE)
+                           sample_below=None if g is None or step_ranges else VOCAB_SIZE,
+                           step_ranges=step_ranges)
 
         if not warm_each_cell:
             for use_cache in (True, False):

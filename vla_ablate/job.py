@@ -24,8 +24,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from vla_ablate import pipeline
-from vla_ablate.config import model_key, resolve_data_path, training_config, validate
+from vla_ablate.config import (
+    is_lerobot,
+    model_key,
+    resolve_data_path,
+    tokenizer_of,
+    training_config,
+    validate,
+)
 from vla_ablate.console import USAGE, error, log
+from vla_ablate.data.robot import RobotData
 from vla_ablate.data.tokens import TokenLayout
 from vla_ablate.errors import ConfigError
 from vla_ablate.factory import model_args_from_config
@@ -76,13 +84,17 @@ class Job:
     training: dict  # the training config the folder is bound to (config.training_config)
     key: str  # the model's name (config.model_key)
     data: dict | None = None  # the dataset file's content (data.path), read and checked
+    robot: RobotData | None = None  # data=lerobot: the dataset, split and tokenized
 
 
 def axes_of(cfg) -> dict:
     tokens = cfg.get("tokens")
-    return {"pos": cfg.pos.name, "mask": cfg.mask.name,
+    axes = {"pos": cfg.pos.name, "mask": cfg.mask.name,
             "cache": "on" if cfg.cache.enabled else "off", "seed": int(cfg.seed),
             "tokens": "action" if tokens is None else str(tokens.name)}
+    if is_lerobot(cfg):  # the course's runs keep their axes (and summaries) as they were
+        axes["tokenizer"] = tokenizer_of(cfg)["name"]
+    return axes
 
 
 def resolve(cfg, run_dir: Path, multirun: bool) -> Job:
@@ -96,8 +108,10 @@ def resolve(cfg, run_dir: Path, multirun: bool) -> Job:
     training = training_config(cfg, device, precision)
     # a data file is read and checked here, before the folder is bound (a bad file binds nothing)
     data = pipeline.read_file(cfg, layout) if cfg.data.path is not None else None
+    robot = pipeline.read_robot(cfg, layout) if is_lerobot(cfg) else None
     return Job(run_dir, multirun, axes_of(cfg), device, precision, why, layout,
-               model_args_from_config(cfg, layout), training, model_key(cfg, training), data)
+               model_args_from_config(cfg, layout), training, model_key(cfg, training), data,
+               robot)
 
 
 def run_job(cfg) -> dict:
@@ -105,9 +119,9 @@ def run_job(cfg) -> dict:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    resolve_data_path(cfg)
     with ExitStack() as held:
         try:  # before anything is written: a bad config or data file, another folder's settings
+            resolve_data_path(cfg)
             job = resolve(cfg, run_dir, multirun)
             bind_check(run_dir, job.training)
             check_unbound_model(run_dir, job)
@@ -238,6 +252,8 @@ def _final_summary(cfg, job: Job, summary: dict, stamp: dict, status: str, messa
     summary = {**summary, **stamp}
     if "training_config" not in summary:  # so the analysis labels a failed job like the rest
         summary["training_config"] = job.training
+    if "tokenizer" in job.axes:  # data=lerobot: its axes name the tokenizer
+        summary.setdefault("data", "lerobot")
     if status != "completed":
         summary = {**summary, "status": "failed" if status == "bad_config" else status,
                    **job.axes, "axes": job.axes, "error": message or summary.get("error"),

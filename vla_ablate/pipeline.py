@@ -15,10 +15,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from vla_ablate import evaluate, plots
-from vla_ablate.config import check_batch_fits, check_shifts, layout_of
+from vla_ablate.config import check_batch_fits, check_shifts, layout_of, tokenizer_of
 from vla_ablate.console import log
+from vla_ablate.data.lerobot import read_lerobot
 from vla_ablate.data.process import STATE_DIM, derived_seed, generate_dataset, split_indices
+from vla_ablate.data.robot import RobotData
 from vla_ablate.data.store import load_dataset, load_or_generate
+from vla_ablate.data.tokenizer import Tokenizers
 from vla_ablate.data.tokens import TokenLayout
 from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.evaluations import run_evaluations
@@ -34,6 +37,7 @@ from vla_ablate.runfolder import (
     LOSS_CURVE_PNG,
     METRICS,
     MODELS,
+    TOKENIZER,
     TRAIN_DONE,
     TRAINED_BY,
     MetricsFile,
@@ -55,19 +59,25 @@ def execute(cfg, job, logger: Logger) -> dict:
         log(f"tokens={layout.name}: each step is {', '.join(layout.state)} in {layout.bins} bins "
             f"each, then its action ({layout.per_step} tokens per step, vocabulary "
             f"{layout.vocab_size}); training loss over {layout.loss} tokens")
-    train_actions, val_actions, batches = training_data(cfg, layout, job.data)
     shared = job.multirun and cfg.train.share_models
     train_dir = Path(HydraConfig.get().sweep.dir) / MODELS / job.key if shared else job.run_dir
+    robot = None if job.robot is None else model_robot_data(job.robot, train_dir)
+    train_actions, val_actions, batches = training_data(cfg, layout, job.data, robot)
     log(f"job {job.run_dir} | pos={cfg.pos.name} mask={cfg.mask.name} cache="
         f"{'on' if cfg.cache.enabled else 'off'} seed={cfg.seed} | {threads} threads, "
         f"{job.device}")
-    result, trained_here = train_or_reuse(cfg, job, train_dir, batches, val_actions, logger)
+    result, trained_here = train_or_reuse(cfg, job, train_dir, batches, val_actions, logger,
+                                          robot)
     summary = summarise(cfg, job, result, train_dir, trained_here, threads)
     if result["status"] == "completed" and cfg.eval.enabled:
         model = trained_model(cfg, job, train_dir)
         summary["num_parameters"] = model.num_parameters()
+        if robot is not None:  # every evaluation reads the model's own tokenizer file
+            robot = model_robot_data(robot, train_dir)
+            val_actions = robot.val_windows()
         summary.update(run_evaluations(cfg, model, train_actions, val_actions, job.device,
-                                       job.run_dir, job.precision, layout, title(cfg, job)))
+                                       job.run_dir, job.precision, layout, title(cfg, job),
+                                       robot))
         logger.log_images({"loss_curve": job.run_dir / LOSS_CURVE_PNG,
                            "attention_maps": job.run_dir / ATTENTION_MAPS_PNG})
     summary["wall_time_s"] = time.time() - t_start
@@ -79,9 +89,11 @@ def execute(cfg, job, logger: Logger) -> dict:
     return summary
 
 
-def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> tuple[dict, bool]:
+def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger,
+                   robot: RobotData | None = None) -> tuple[dict, bool]:
     """(the training result, whether this job trained the model): trained here, under the
-    model's lock, unless its folder holds a finished training."""
+    model's lock, unless its folder holds a finished training. ``robot``: its tokenizers are
+    saved beside the model (``TOKENIZER``) before it trains."""
     with model_lock(train_dir):
         done, trainer = train_dir / TRAIN_DONE, train_dir / TRAINED_BY
         train_now = not done.exists() or not _final_weights_readable(train_dir)
@@ -91,6 +103,8 @@ def train_or_reuse(cfg, job, train_dir: Path, batches, val_actions, logger) -> t
         logger.begin("train" if train_now else "evaluate")
         if train_now:
             write_json(trainer, {"job": job.run_dir.name})  # the job that trained it last
+            if robot is not None:
+                robot.tokenizers.save(train_dir / TOKENIZER)
             model = initial_model(cfg, job.model_args)
             log(f"training model {job.key} ({model.num_parameters():,} parameters) in "
                 f"{train_dir}")
@@ -128,6 +142,7 @@ def summarise(cfg, job, result: dict, train_dir: Path, trained_here: bool, threa
     val_loss = result["val_loss"]
     return {
         "status": result["status"], **job.axes, "axes": job.axes,
+        **({} if job.robot is None else {"data": "lerobot"}),
         "val_loss": val_loss, "val_perplexity": evaluate.perplexity(val_loss),
         # the one figure comparable across token layouts: the action tokens a_1..a_{T-1} alone
         "val_action_loss": (val_loss if job.layout.name == "action"
@@ -156,14 +171,21 @@ def trained_model(cfg, job, train_dir: Path) -> DecoderOnlyTransformer:
 def title(cfg, job) -> str:
     tokens = job.axes["tokens"]
     return (f"pos={cfg.pos.name} mask={cfg.mask.name} seed={cfg.seed}"
-            + ("" if tokens == "action" else f" tokens={tokens}"))
+            + ("" if tokens == "action" else f" tokens={tokens}")
+            + (f" tokenizer={job.axes['tokenizer']}" if "tokenizer" in job.axes else ""))
 
 
-def training_data(cfg, layout: TokenLayout, data: dict | None = None):
+def training_data(cfg, layout: TokenLayout, data: dict | None = None,
+                  robot: RobotData | None = None):
     """(first-epoch training sequences, validation sequences, the ``BatchSource`` of every
     step): functions of the data settings and ``seed`` alone, never of the model's settings,
     so that pos=rope and pos=sinusoidal at one seed train and validate on the same tokens.
-    ``data``: the file's content where the job read it already."""
+    ``data``: the file's content where the job read it already; ``robot``: a LeRobot
+    dataset's windows (fresh offsets every epoch, fixed validation windows)."""
+    if robot is not None:
+        first = robot.train_windows(0)
+        return first, robot.val_windows(), BatchSource(first, cfg.train.batch_size, cfg.seed,
+                                                       robot.train_windows)
     train_actions, val_actions, fresh = load_data(cfg, layout, data)
     return train_actions, val_actions, BatchSource(train_actions, cfg.train.batch_size,
                                                    cfg.seed, fresh)
@@ -212,6 +234,56 @@ def load_data(cfg, layout: TokenLayout | None = None, data: dict | None = None):
 
     first = draw(0) if d.vary_with_seed else seqs[train_idx]
     return first, seqs[val_idx], draw if d.fresh_per_epoch else None
+
+
+def read_robot(cfg, layout: TokenLayout) -> RobotData:
+    """The LeRobot dataset ``data.root``, split, tokenized and checked against the training and
+    evaluation settings (every problem a ``ConfigError``: the job reads it before its folder
+    is bound)."""
+    d, e = cfg.data, cfg.eval
+    try:
+        episodes = read_lerobot(d.root, d.action_key, d.state_key if layout.state else None)
+        robot = RobotData.build(episodes, layout, d.window, d.train_split, d.seed, cfg.seed,
+                                tokenizer_of(cfg)["name"])
+        if e.enabled:  # a rollout's states come from one episode
+            robot.rollouts(e.gen_prompt_len, max(e.gen_new_tokens))
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    windows = len(robot.train_windows(0))
+    if cfg.train.batch_size > windows:
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds the {windows} "
+                          f"training windows of data.window={d.window} steps in {d.root}")
+    short_train, short_val = robot.skipped()
+    tok = tokenizer_of(cfg)
+    log(f"loaded {len(episodes.actions)} episodes ({episodes.frames} frames, LeRobot "
+        f"{episodes.version}) from {d.root}: {len(robot.train)} for training, {len(robot.val)} "
+        f"for validation (by episode); {windows} training windows of {d.window} steps each "
+        f"epoch, {len(robot.val_rows(d.window))} validation windows; {layout.actions} action "
+        f"tokens{f' after {len(layout.state)} state tokens' if layout.state else ''} a step, "
+        f"{tok['name']} tokenizer of {tok['bins']} bins fitted on the training episodes")
+    if short_train or short_val:
+        log(f"skipped (not padded): {short_train} training and {short_val} validation episodes "
+            f"shorter than data.window={d.window} steps")
+    return robot
+
+
+def model_robot_data(robot: RobotData, train_dir: Path) -> RobotData:
+    """``robot`` tokenized by the tokenizers saved beside the model in ``train_dir`` where
+    there are (a model is always read with the bins it was trained on), else as it is."""
+    path = train_dir / TOKENIZER
+    if not path.exists():
+        return robot
+    try:
+        saved = Tokenizers.load(path)
+    except DataError as err:
+        raise RuntimeError(str(err)) from None
+    if saved.same_as(robot.tokenizers):
+        return robot
+    log(f"the model in {train_dir} was trained with other bins than this dataset now gives; "
+        f"using its own ({path})")
+    return RobotData.build(robot.episodes, robot.layout, robot.window, 0.5, robot.data_seed,
+                           robot.seed, saved.kind, tokenizers=saved, split=(robot.train,
+                                                                            robot.val))
 
 
 def generated(cfg) -> dict:

@@ -15,7 +15,7 @@ A job folder holds:
   causal-vs-no-mask figure from these.
 - ``training_config.json``: the training config the folder is bound to (see ``bind_folder``);
 - ``train_done.json`` and ``trained_by.json`` beside ``checkpoints/`` where the model was
-  trained; ``error.log``: the traceback of a job that failed unexpectedly;
+  trained, and for ``data=lerobot`` ``tokenizer.json`` (the fitted bins); ``error.log``: the traceback of a job that failed unexpectedly;
 - ``last_attempt.json``: a later attempt in a completed run's folder that did not complete
   (``summary.json`` keeps the completed results); ``.job.lock``: held by the running job.
 
@@ -64,6 +64,9 @@ BEST = "best.pt"  # the weights at the best validation loss
 STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt$")  # step_0001000.pt, every checkpoint_every
 TRAIN_DONE = "train_done.json"  # the training result: the model is trained
 TRAINED_BY = "trained_by.json"  # the job that trained it last
+# data=lerobot: the tokenizers the model was trained with (data/tokenizer.py, Tokenizers),
+# beside checkpoints/; every evaluation and `python -m vla_ablate.sample` read them
+TOKENIZER = "tokenizer.json"
 LOCK = ".lock"  # held while a job trains the model (a folder .lock.d where flock is refused)
 LOCK_DIR = ".lock.d"
 

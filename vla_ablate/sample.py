@@ -2,6 +2,10 @@
 the truth.
 
 The prompt is the start of a real validation trajectory (of the run the checkpoint came from).
+A model of a LeRobot dataset (``data=lerobot``) is read with its own tokenizer file: each step's
+generated action tokens are decoded to the data's units beside the recorded actions
+(``sample_robot``).
+
 Printed per step: the true next token with its per-token loss, the model's greedy continuation,
 and ``--num-samples`` sampled continuations, each token decoded into its direction octant and
 distance range. The losses are prefix-only (each token scored from the tokens before it, as in
@@ -13,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +30,14 @@ from vla_ablate.console import (
 )
 from vla_ablate.data.process import TOKEN_NOTE, decode_token, describe_token
 from vla_ablate.errors import CommandError
-from vla_ablate.trained import load_checkpoint_file, load_model, pick_trajectory, validation_actions
+from vla_ablate.trained import (
+    load_checkpoint_file,
+    load_model,
+    pick_trajectory,
+    resolve_checkpoint,
+    robot_data,
+    validation_actions,
+)
 
 NOISE_FLOOR = math.log(5)
 
@@ -64,6 +76,10 @@ def prefix_only_losses(model, tokens: torch.Tensor, start: int, stop: int) -> li
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    found = robot_data(checkpoint)
+    if found is not None:  # a model of a LeRobot dataset: its tokenizer file beside it
+        return sample_robot(args, checkpoint, *found)
     state = load_checkpoint_file(args.checkpoint)
     model = load_model(state)
     max_len = model.max_seq_len
@@ -121,6 +137,72 @@ def main(argv=None) -> int:
               f"{math.exp(min(mean, 50)):.2f}")
         print(f"greedy vs true: same octant at {same_octant}/{scored} steps, same octant and "
               f"distance bin within 2 at {near_bin}/{scored}")
+    return 0
+
+
+def sample_robot(args, checkpoint, robot, source: str) -> int:
+    """``sample`` for a model of a LeRobot dataset: the start of a validation episode as the
+    prompt (``--prompt-len`` steps), then each later step's D action tokens generated (given
+    the step's recorded states where the layout has state tokens), decoded to the data's units
+    by the model's tokenizer file and printed beside the recorded actions."""
+    state = load_checkpoint_file(checkpoint, state_tokens=True)
+    model = load_model(state)
+    layout, tok = robot.layout, robot.tokenizers.action
+    P, S, D = layout.per_step, len(layout.state), layout.actions
+    if args.trajectory >= len(robot.val):
+        raise CommandError(f"--trajectory {args.trajectory} is out of range: there are "
+                           f"{len(robot.val)} validation episodes (0..{len(robot.val) - 1})")
+    e = int(robot.val[args.trajectory])
+    T, K = len(robot.episodes.actions[e]), args.prompt_len
+    fits = model.max_seq_len // P
+    if K >= min(T, fits):
+        raise CommandError(f"--prompt-len {K} leaves nothing to continue: the episode has {T} "
+                           f"steps and the model holds {fits}")
+    new = args.new_tokens if args.new_tokens is not None else min(T, fits) - K
+    if K + new > min(T, fits):
+        raise CommandError(f"--prompt-len {K} + --new-tokens {new} exceed the episode's {T} "
+                           f"steps or the {fits} the model holds")
+    seq = robot.sequences[e][: (K + new) * P]
+    given = seq[K * P :].view(1, new, P)[..., :S] if S else None
+    ranges = [(r.start, r.stop) for r in map(layout.action_range, range(D))]
+    offsets = torch.arange(D) * layout.action_bins
+
+    def decoded(out):  # generated sequences (B, L) -> their actions (B, new, D), data's units
+        steps = out[:, K * P :].unflatten(1, (new, P))[..., S:] - offsets
+        return tok.decode(steps.cpu().numpy())
+
+    greedy = decoded(model.generate(seq[None, : K * P], new, top_k=1, given=given,
+                                    step_ranges=ranges))[0]
+    torch.manual_seed(args.seed)
+    samples = [] if not args.num_samples else decoded(model.generate(
+        seq[None, : K * P].repeat(args.num_samples, 1), new, args.temperature, args.top_k,
+        given=None if given is None else given.repeat(args.num_samples, 1, 1),
+        step_ranges=ranges))
+    truth = robot.episodes.actions[e][K : K + new]
+    args_ = state["model_args"]
+    print(f"checkpoint {state['path']}: step {state.get('step', '?')}, pos={args_.get('pos')}, "
+          f"mask={'causal' if args_.get('causal', True) else 'none'}, "
+          f"{model.num_parameters():,} parameters")
+    print(f"validation episode {args.trajectory} of {len(robot.val)} (episode {e}, {T} steps; "
+          f"{source})")
+    print(f"each step: {D} action tokens ({', '.join(robot.tokenizers.action_names)})"
+          + (f" after {S} given state tokens (the recorded states)" if S else "")
+          + f"; prompt: steps 0-{K - 1}; values in the data's units")
+    print()
+    cols = ["recorded action", "greedy"] + [f"sample {i + 1}" for i in range(len(samples))]
+    print("step | " + " | ".join(cols))
+
+    def fmt(values):
+        return "[" + " ".join(f"{v:+.4f}" for v in values) + "]"
+
+    for i in range(new):
+        cells = [fmt(truth[i]), fmt(greedy[i])] + [fmt(s[i]) for s in samples]
+        print(f"{K + i:4d} | " + " | ".join(cells))
+    print()
+    error = np.abs(greedy - truth).mean(0)
+    floor = tok.round_trip_error(truth)
+    print(f"greedy vs recorded: mean absolute error {error.mean():.5f} (per dimension "
+          f"{fmt(error)}); the tokenizer's round trip alone: {floor.mean():.5f}")
     return 0
 
 

@@ -9,10 +9,22 @@ from pathlib import Path
 import torch
 import yaml
 
+from vla_ablate.data.lerobot import read_lerobot
 from vla_ablate.data.process import VOCAB_SIZE, generate_dataset, split_indices
+from vla_ablate.data.robot import RobotData, robot_layout
 from vla_ablate.data.store import load_dataset
+from vla_ablate.data.tokenizer import Tokenizers
 from vla_ablate.errors import CommandError, DataError, first_line
-from vla_ablate.runfolder import BEST, CHECKPOINTS, JOB_CONFIG, LAST, MODELS, SUMMARY, read_json
+from vla_ablate.runfolder import (
+    BEST,
+    CHECKPOINTS,
+    JOB_CONFIG,
+    LAST,
+    MODELS,
+    SUMMARY,
+    TOKENIZER,
+    read_json,
+)
 from vla_ablate.training.checkpoint import CheckpointError, model_from_state, read_checkpoint
 
 # the course's defaults (dataset-spec.md), for a checkpoint found outside any run folder
@@ -58,6 +70,11 @@ def load_checkpoint_file(path, state_tokens: bool = False) -> dict:
     except CheckpointError as err:
         raise CommandError(str(err)) from None
     vocab = state["model_args"].get("vocab_size", VOCAB_SIZE)
+    if not state_tokens and (train_dir_of(path) / TOKENIZER).is_file():
+        raise CommandError(f"{path} was trained on a LeRobot dataset (data=lerobot); this "
+                           "command reads the course's action-token models only (python -m "
+                           "vla_ablate.sample and .check_cache read it; its run folder's "
+                           "summary.json holds the evaluations)")
     if vocab != VOCAB_SIZE and not state_tokens:  # they prompt and score action tokens
         raise CommandError(f"{path} was trained on state and action tokens (tokens=state_action, "
                            f"vocabulary {vocab}); this command reads action-token models only "
@@ -126,6 +143,34 @@ def validation_actions(checkpoint: Path, data_path=None):
     except ValueError as err:
         raise CommandError(str(err)) from None
     return actions[val_idx], source
+
+
+def robot_data(checkpoint: Path) -> tuple[RobotData, str] | None:
+    """(the LeRobot dataset of the run that trained ``checkpoint``, split and tokenized by the
+    model's own ``tokenizer.json``, a sentence saying where it came from), or None for a model
+    of the course's data (no tokenizer file beside it)."""
+    path = train_dir_of(checkpoint) / TOKENIZER
+    if not path.is_file():
+        return None
+    cfg, run_dir = run_config(checkpoint)
+    data = (cfg or {}).get("data") or {}
+    if not data.get("root"):
+        raise CommandError(f"{checkpoint} was trained on a LeRobot dataset, but no run folder "
+                           "beside it names the dataset (data.root in .hydra/config.yaml)")
+    try:
+        tokenizers = Tokenizers.load(path)
+        episodes = read_lerobot(data["root"], data.get("action_key", "action"),
+                                data.get("state_key") if tokenizers.state else None)
+        layout = robot_layout(tokenizers.action.dims, tokenizers.state_names or None,
+                              tokenizers.action.bins,
+                              str(((cfg or {}).get("tokens") or {}).get("loss", "all")))
+        robot = RobotData.build(episodes, layout, int(data["window"]),
+                                float(data.get("train_split", 0.9)), int(data.get("seed", 42)),
+                                int(cfg.get("seed", 42)), tokenizers.kind, tokenizers=tokenizers)
+    except DataError as err:
+        raise CommandError(str(err)) from None
+    return robot, (f"the LeRobot dataset {data['root']} of the run in {run_dir}, tokenized by "
+                   f"{path} ({tokenizers.kind}, {tokenizers.action.bins} bins)")
 
 
 def pick_trajectory(val_actions, index: int, max_seq_len: int) -> torch.Tensor:

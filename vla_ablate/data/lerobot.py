@@ -35,6 +35,7 @@ class Episodes:
     fps: float
     action_names: list[str]
     version: str
+    state_names: list[str] | None = None
 
     @property
     def frames(self) -> int:
@@ -61,7 +62,7 @@ def read_info(root: Path) -> dict:
     return info
 
 
-def _feature(info: dict, name: str, root: Path) -> tuple[int, list[str]]:
+def feature(info: dict, name: str, root: Path) -> tuple[int, list[str]]:
     """(width, value names) of a numeric feature, or a DataError naming what is there."""
     features = info["features"]
     if name not in features:
@@ -99,10 +100,9 @@ def read_lerobot(root, action_key: str = "action", state_key: str | None = "obse
     """Every episode's actions (and states, where ``state_key`` is given) as float32 arrays."""
     root = Path(root)
     info = read_info(root)
-    width, names = _feature(info, action_key, root)
+    width, names = feature(info, action_key, root)
     keys = [action_key] + ([state_key] if state_key else [])
-    if state_key:
-        _feature(info, state_key, root)
+    state_names = feature(info, state_key, root)[1] if state_key else None
     columns = {k: [] for k in (*keys, *INDEX_COLUMNS)}
     for path in data_files(root, info):
         try:
@@ -113,7 +113,7 @@ def read_lerobot(root, action_key: str = "action", state_key: str | None = "obse
             columns[key].append(table.column(key))
     episode = np.concatenate([_scalars(c, "episode_index", root) for c in columns["episode_index"]])
     frame = np.concatenate([_scalars(c, "frame_index", root) for c in columns["frame_index"]])
-    values = {k: np.concatenate([_vectors(c, k, root) for c in columns[k]]) for k in keys}
+    values = {k: _stacked([_vectors(c, k, root) for c in columns[k]], k, root) for k in keys}
     if values[action_key].shape[1] != width:
         raise DataError(f"{root}: {action_key} holds {values[action_key].shape[1]} values per "
                         f"frame, info.json says {width}")
@@ -121,7 +121,16 @@ def read_lerobot(root, action_key: str = "action", state_key: str | None = "obse
     bounds = np.flatnonzero(np.diff(episode[order])) + 1
     split = {k: np.split(v[order], bounds) for k, v in values.items()}
     return Episodes(split[action_key], split[state_key] if state_key else None,
-                    float(info.get("fps") or 0), names, info["codebase_version"])
+                    float(info.get("fps") or 0), names, info["codebase_version"], state_names)
+
+
+def _stacked(parts: list[np.ndarray], name: str, root: Path) -> np.ndarray:
+    """The files' (frames, width) arrays as one; files of different widths are a DataError."""
+    widths = sorted({p.shape[1] for p in parts})
+    if len(widths) > 1:
+        raise DataError(f"{root}: {name} has {widths[0]} values per frame in some files and "
+                        f"{widths[-1]} in others")
+    return np.concatenate(parts)
 
 
 def _scalars(column, name: str, root: Path) -> np.ndarray:

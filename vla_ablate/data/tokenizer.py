@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_ablate.errors import DataError
 from vla_ablate.fileio import atomic_write
 
 KINDS = ("uniform", "quantile")
@@ -109,3 +110,59 @@ def fit_tokenizers(actions: list[np.ndarray], states: list[np.ndarray] | None,
     state = None if states is None else BinTokenizer.fit(
         np.concatenate([states[i] for i in train]), kind, bins)
     return action, state
+
+
+@dataclass
+class Tokenizers:
+    """A dataset's fitted tokenizers, as a run folder keeps them (``runfolder.TOKENIZER``): the
+    actions', the states' (None where the layout has no state tokens) and the values' names."""
+
+    action: BinTokenizer
+    state: BinTokenizer | None
+    action_names: list[str]
+    state_names: list[str]
+
+    @property
+    def kind(self) -> str:
+        return self.action.kind
+
+    def same_as(self, other: Tokenizers) -> bool:
+        """The same bins (and names) for every value."""
+        def edges(t):
+            return None if t is None else t.edges
+
+        return (self.kind == other.kind and self.action_names == other.action_names
+                and self.state_names == other.state_names
+                and _equal(edges(self.action), edges(other.action))
+                and _equal(edges(self.state), edges(other.state)))
+
+    def save(self, path) -> None:
+        def part(tok, names):
+            return None if tok is None else {"names": list(names), "edges": tok.edges.tolist()}
+
+        text = json.dumps({"kind": self.kind, "bins": self.action.bins,
+                           "action": part(self.action, self.action_names),
+                           "state": part(self.state, self.state_names)})
+        atomic_write(Path(path), text.encode())
+
+    @classmethod
+    def load(cls, path) -> Tokenizers:
+        """The file ``save`` wrote; anything else is a ``DataError`` with one line."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            kind = raw["kind"]
+            action = BinTokenizer(kind, np.asarray(raw["action"]["edges"], dtype=np.float64))
+            state = (None if raw["state"] is None else
+                     BinTokenizer(kind, np.asarray(raw["state"]["edges"], dtype=np.float64)))
+            names = [list(raw["action"]["names"]), [] if state is None else list(raw["state"]["names"])]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"cannot read the tokenizer {path} ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if action.edges.ndim != 2 or (state is not None and state.edges.ndim != 2):
+            raise DataError(f"cannot read the tokenizer {path} (its edges are not (D, bins + 1))")
+        return cls(action, state, *names)
+
+
+def _equal(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None
+                                         and a.shape == b.shape and bool(np.array_equal(a, b)))

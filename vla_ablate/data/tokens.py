@@ -13,6 +13,17 @@ nothing of its own step's action noise, and it precedes that action in the seque
 
 Losses that compare the two modes are taken over the action tokens a_1 .. a_{T-1} alone: the
 tokens that both sequences predict (a_0 has nothing before it in ``action`` mode).
+
+Continuous actions (``data=lerobot``, ``continuous=True``) make each step D action tokens, one
+per action dimension, each dimension its own range of ``action_bins`` ids (dimension i:
+``i * action_bins`` up to ``(i + 1) * action_bins - 1``), and with ``state_action`` its S state
+tokens before them, state value j in ``D * action_bins + j * bins`` onwards::
+
+    s_0[0] .. s_0[S-1]  a_0[0] .. a_0[D-1]  s_1[0] ..
+
+The bins come from a fitted tokenizer (vla_ablate/data/tokenizer.py), not from fixed ranges;
+``step_sequences`` lays its tokens out. With D = 1 and the course's 256 ids this is the course's
+layout, id for id.
 """
 
 from __future__ import annotations
@@ -45,14 +56,21 @@ class TokenLayout:
     state: tuple[str, ...] = ()
     bins: int = 128
     loss: str = "all"
+    actions: int = 1  # action tokens per step (one per action dimension)
+    action_bins: int = VOCAB_SIZE  # ids per action dimension
+    continuous: bool = False  # tokens of a fitted tokenizer (data=lerobot), any state names
 
     def __post_init__(self):
-        unknown = [s for s in self.state if s not in STATE_NAMES]
-        if unknown:
-            raise ValueError(f"tokens.state: unknown state value(s) {unknown} "
-                             f"(known: {', '.join(STATE_NAMES)})")
-        if len(set(self.state)) != len(self.state):
-            raise ValueError(f"tokens.state names a value twice: {list(self.state)}")
+        if not self.continuous:
+            unknown = [s for s in self.state if s not in STATE_NAMES]
+            if unknown:
+                raise ValueError(f"tokens.state: unknown state value(s) {unknown} "
+                                 f"(known: {', '.join(STATE_NAMES)})")
+            if len(set(self.state)) != len(self.state):
+                raise ValueError(f"tokens.state names a value twice: {list(self.state)}")
+        if self.actions < 1 or self.action_bins < 2:
+            raise ValueError(f"a step needs at least one action token of 2 or more ids, got "
+                             f"{self.actions} of {self.action_bins}")
         if self.state and self.bins < 2:
             raise ValueError(f"tokens.bins must be >= 2, got {self.bins}")
         if self.loss not in LOSSES:
@@ -64,17 +82,38 @@ class TokenLayout:
 
     @property
     def per_step(self) -> int:
-        """Tokens per step: the state tokens and the action token."""
-        return len(self.state) + 1
+        """Tokens per step: the state tokens and the action token(s)."""
+        return len(self.state) + self.actions
+
+    @property
+    def action_vocab(self) -> int:
+        """The ids of the action tokens: 0 .. action_vocab - 1, the state tokens after them."""
+        return self.actions * self.action_bins
 
     @property
     def vocab_size(self) -> int:
-        return VOCAB_SIZE + len(self.state) * self.bins
+        return self.action_vocab + len(self.state) * self.bins
 
     def state_range(self, j: int) -> range:
         """The token ids of state value j."""
-        start = VOCAB_SIZE + j * self.bins
+        start = self.action_vocab + j * self.bins
         return range(start, start + self.bins)
+
+    def action_range(self, i: int) -> range:
+        """The token ids of action dimension i."""
+        return range(i * self.action_bins, (i + 1) * self.action_bins)
+
+    def step_sequences(self, state_bins, action_bins) -> torch.Tensor:
+        """Sequences (N, T * per_step) from each step's bins: ``action_bins`` (N, T, D) and
+        ``state_bins`` (N, T, S) in [0, bins) (None without state tokens); each value moves to
+        its own id range."""
+        parts = [torch.as_tensor(action_bins).long()
+                 + torch.arange(self.actions) * self.action_bins]
+        if self.state:
+            states = torch.as_tensor(state_bins).long()
+            parts.insert(0, states + self.action_vocab + torch.arange(len(self.state)) * self.bins)
+        steps = torch.cat(parts, dim=-1)  # (N, T, per_step)
+        return steps.reshape(steps.shape[0], -1)
 
     # --------------------------------------------------------------- quantisation
 
@@ -121,17 +160,23 @@ class TokenLayout:
         action tokens a_from_step .. a_{T-1}; None: all of them (``action`` mode, from step 1).
 
         From step 1 these are the comparable figure: the actions both layouts predict."""
-        if not self.state and from_step <= 1:
+        if not self.state and self.actions == 1 and from_step <= 1:
             return None
         pos = torch.arange(1, length)  # the position each target sits at
-        return (pos % self.per_step == self.per_step - 1) & (pos >= self.positions(from_step))
+        return self._is_action(pos) & (pos >= self.positions(from_step))
+
+    def _is_action(self, pos: torch.Tensor) -> torch.Tensor:
+        """Which sequence positions hold action tokens (the last ``actions`` of each step)."""
+        if self.actions == 1:  # the course's layouts, as they always computed it
+            return pos % self.per_step == self.per_step - 1
+        return pos % self.per_step >= len(self.state)
 
     def objective_targets(self, length: int) -> torch.Tensor | None:
         """The targets the training loss covers (None: all): with ``loss=action``, every action
         token, a_0 included (its state precedes it)."""
         if not self.state or self.loss == "all":
             return None
-        return torch.arange(1, length) % self.per_step == self.per_step - 1
+        return self._is_action(torch.arange(1, length))
 
     def train_targets(self, x: torch.Tensor) -> torch.Tensor:
         """Next-token targets of a batch (B, L): ``x[:, 1:]``, with -1 (ignored) outside the
@@ -152,17 +197,23 @@ class TokenLayout:
         return (self.positions(steps) - 2) // self.per_step
 
     def actions_of(self, seqs: torch.Tensor) -> torch.Tensor:
-        """The action tokens of sequences (..., T * per_step) -> (..., T)."""
-        return seqs[..., self.per_step - 1 :: self.per_step]
+        """The action tokens of sequences (..., T * per_step) -> (..., T), or (..., T, D) with
+        D action tokens per step."""
+        if self.actions == 1:
+            return seqs[..., self.per_step - 1 :: self.per_step]
+        steps = seqs.unflatten(-1, (seqs.shape[-1] // self.per_step, self.per_step))
+        return steps[..., len(self.state) :]
 
     def step_attention(self, maps: torch.Tensor) -> torch.Tensor:
         """(H, L, L) attention over tokens -> (H, T, T) over steps: row t is the query that
         predicts action a_t (step t's last state token), each column sums the weights on one
-        step's tokens. Action tokens alone: the maps as they are."""
-        if not self.state:
+        step's tokens. Action tokens alone: the maps as they are; D action tokens a step and no
+        state: row t is step t's last token (it predicts a_{t+1}'s first)."""
+        if not self.state and self.actions == 1:
             return maps
         H, L, _ = maps.shape
-        rows = maps[:, self.per_step - 2 :: self.per_step]  # (H, T, L)
+        first = len(self.state) - 1 if self.state else self.per_step - 1
+        rows = maps[:, first :: self.per_step]  # (H, T, L)
         return rows.unflatten(-1, (L // self.per_step, self.per_step)).sum(-1)
 
     def as_dict(self) -> dict:

@@ -162,9 +162,16 @@ class DecoderOnlyTransformer(nn.Module):
 
     # ------------------------------------------------------------------ generation
 
+    @staticmethod
+    def generation_slots(prompt_len, steps, given=0, sampled=1) -> list[int]:
+        """Where ``generate`` puts its sampled tokens: after the prompt, each step's ``given``
+        tokens and then its ``sampled`` ones."""
+        per = given + sampled
+        return [prompt_len + s * per + given + j for s in range(steps) for j in range(sampled)]
+
     @torch.inference_mode()
     def generate(self, input_ids, max_new_tokens, temperature=1.0, top_k=None, use_cache=None,
-                 given=None, sample_below=None):
+                 given=None, sample_below=None, step_ranges=None):
         """Append ``max_new_tokens`` sampled tokens to ``input_ids`` (B, T0); returns (B, T0+n).
 
         ``top_k=1`` is greedy. ``use_cache=None`` takes the model's setting. The cached path
@@ -176,39 +183,49 @@ class DecoderOnlyTransformer(nn.Module):
         is k given tokens (a state from the data) followed by one sampled token (its action),
         so the result is (B, T0 + n * (k + 1)). ``sample_below``: sample only token ids below
         it (the action tokens, where a vocabulary also holds state tokens).
+
+        ``step_ranges``: [(lo, hi), ...], each step samples one token per range, from the ids
+        lo..hi-1 (one action token per action dimension, each its own ids); ``max_new_tokens``
+        then counts steps, with or without ``given``. None: one token a step, below
+        ``sample_below``.
         """
         use_cache = self.use_cache if use_cache is None else use_cache
         B, T0 = input_ids.shape
         k = 0 if given is None else given.shape[-1]
+        ranges = [(0, sample_below)] if step_ranges is None else [tuple(r) for r in step_ranges]
+        d = len(ranges)
         if given is not None and tuple(given.shape[:2]) != (B, max_new_tokens):
             raise ValueError(f"given has shape {tuple(given.shape)}; expected ({B}, "
                              f"{max_new_tokens}, k): k tokens for each of the steps")
-        total = T0 + max_new_tokens * (k + 1)
+        total = T0 + max_new_tokens * (k + d)
         if total > self.max_seq_len:
-            raise ValueError(f"prompt ({T0}) + {max_new_tokens} new steps of {k + 1} token(s) "
+            raise ValueError(f"prompt ({T0}) + {max_new_tokens} new steps of {k + d} token(s) "
                              f"exceeds max_seq_len={self.max_seq_len}")
         was_training = self.training
         self.eval()
         out = torch.empty(B, total, dtype=input_ids.dtype, device=input_ids.device)
         out[:, :T0] = input_ids
         if k:
-            out[:, T0:].unflatten(1, (max_new_tokens, k + 1))[..., :k] = given.to(out.device)
-        slots = range(T0 + k, total, k + 1)  # where the sampled tokens go
+            out[:, T0:].unflatten(1, (max_new_tokens, k + d))[..., :k] = given.to(out.device)
+        # where the sampled tokens go, and the ids each one is sampled from
+        slots = self.generation_slots(T0, max_new_tokens, k, d)
         try:
             if use_cache:
                 self.setup_cache(B, total)
                 positions = torch.arange(total, device=input_ids.device)
                 fed = 0  # tokens already in the cache: feed only what came since
-                for slot in slots:
+                for i, slot in enumerate(slots):
+                    lo, hi = ranges[i % d]
                     hidden = self.hidden_states(out[:, fed:slot], positions[fed:slot])
-                    logits = self.lm_head(hidden[:, -1])[:, :sample_below]
-                    out[:, slot] = self._sample(logits, temperature, top_k)
+                    logits = self.lm_head(hidden[:, -1])[:, lo:hi]
+                    out[:, slot] = lo + self._sample(logits, temperature, top_k)
                     fed = slot
             else:
-                for slot in slots:
+                for i, slot in enumerate(slots):
+                    lo, hi = ranges[i % d]
                     hidden = self.hidden_states(out[:, :slot])
-                    logits = self.lm_head(hidden[:, -1])[:, :sample_below]
-                    out[:, slot] = self._sample(logits, temperature, top_k)
+                    logits = self.lm_head(hidden[:, -1])[:, lo:hi]
+                    out[:, slot] = lo + self._sample(logits, temperature, top_k)
         finally:
             self.clear_cache()
             self.train(was_training)
