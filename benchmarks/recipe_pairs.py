@@ -1,12 +1,13 @@
 """Two recipes' validation losses, paired by seed: each recipe's mean with its 95% t-interval
 over seeds, and the paired difference with its own interval.
 
-    python benchmarks/recipe_pairs.py "new=RUNS_A" "today=RUNS_B" [--step 1200]
+    python benchmarks/recipe_pairs.py "new=RUNS_A" "today=RUNS_B" [--step 1200 1200]
 
 Each RUNS folder holds one run per seed (a sweep over `seed`, or run folders side by side): every
-summary.json below it is read. ``--step N`` takes each run's validation loss at step N from its
-metrics.jsonl (the whole split, evaluated every train.eval_every steps) instead of the final
-one, so a longer run can be compared at an equal step. Seeds present in both are paired; the
+summary.json below it is read. ``--step A B`` takes the first side's validation loss at step A
+and the second's at step B from their metrics.jsonl (the whole split, evaluated every
+train.eval_every steps) instead of the final ones, so a longer run can be compared at an equal
+step. Seeds present in both are paired; the
 interval of the difference is over those pairs (n pairs, n - 1 degrees of freedom).
 """
 
@@ -21,14 +22,20 @@ from pathlib import Path
 from scipy import stats
 
 
-def _metrics(summary: Path, data: dict) -> Path | None:
-    own = summary.parent / "metrics.jsonl"
-    if own.exists():
-        return own
-    model_dir = Path(data.get("model_dir") or "")
-    for base in (Path(), summary.parent, summary.parent.parent):
-        if str(model_dir) and (base / model_dir / "metrics.jsonl").exists():
-            return base / model_dir / "metrics.jsonl"
+def metrics_path(job: Path) -> Path | None:
+    """A job's metrics.jsonl: its own, or that of the model folder its summary names (a sweep's
+    jobs train into, or reuse, models/KEY/; the summary's model_dir may be absolute or relative
+    to the job, the sweep or the launch folder)."""
+    own = job / "metrics.jsonl"
+    if own.exists() or not (job / "summary.json").exists():
+        return own if own.exists() else None
+    model_dir = Path(json.loads((job / "summary.json").read_text()).get("model_dir") or "")
+    if not str(model_dir):
+        return None
+    for base in (Path(), job, job.parent, job.parent / "models"):
+        for candidate in (base / model_dir, base / model_dir.name):
+            if (candidate / "metrics.jsonl").exists():
+                return candidate / "metrics.jsonl"
     return None
 
 
@@ -41,7 +48,7 @@ def losses_by_seed(folder: Path, step: int | None) -> dict[int, float]:
         if step is None:
             value = data["val_loss"]
         else:
-            path = _metrics(summary, data)
+            path = metrics_path(summary.parent)
             rows = [] if path is None else [json.loads(x) for x in path.read_text().splitlines()
                                             if x.strip()]
             hits = [r["loss"] for r in rows if r["split"] == "val" and r["step"] == step]

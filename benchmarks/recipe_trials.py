@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 import yaml
+from recipe_pairs import metrics_path  # benchmarks/: one way to find a job's curve
 
 
 def load_trials(search: Path) -> list[dict]:
@@ -55,17 +56,9 @@ def trial_folders(search: Path, trials: list[dict]) -> dict[int, Path]:
 
 
 def validation_curve(folder: Path) -> list[tuple[int, float]]:
-    """The job's validation losses by step: its own metrics.jsonl, or its trained model's
-    (a job's summary names the model folder it trained or reused)."""
-    path = folder / "metrics.jsonl"
-    summary = folder / "summary.json"
-    if not path.exists() and summary.exists():
-        model_dir = Path(json.loads(summary.read_text()).get("model_dir") or "")
-        candidates = [model_dir, folder / model_dir, folder.parent / model_dir,
-                      folder.parent / "models" / model_dir.name]
-        path = next((c / "metrics.jsonl" for c in candidates
-                     if str(model_dir) and (c / "metrics.jsonl").exists()), path)
-    if not path.exists():
+    """The job's validation losses by step (its own or its trained model's metrics.jsonl)."""
+    path = metrics_path(folder)
+    if path is None:
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [(r["step"], r["loss"]) for r in rows if r["split"] == "val"]

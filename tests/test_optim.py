@@ -56,9 +56,10 @@ def test_embedding_and_head_get_their_own_rates(optimizer):
     assert rate["blocks.0.attention.qkv.weight"] == pytest.approx(0.01)
     assert set(rate) == set(names.values())
     # without either rate: the groups models were trained with before, all at lr
-    plain = make_optimizer(model, tcfg(optimizer=optimizer))
-    assert plain.lr_scales == [1.0] * len(plain.param_groups)
-    assert len(plain.param_groups) == (3 if optimizer == "muon" else 2)
+    for same in ({}, {"embed_lr": 3e-3, "head_lr": 3e-3}):  # null, or equal to lr
+        plain = make_optimizer(model, tcfg(optimizer=optimizer, lr=3e-3, **same))
+        assert plain.lr_scales == [1.0] * len(plain.param_groups)
+        assert len(plain.param_groups) == (3 if optimizer == "muon" else 2)
 
 
 def test_training_sets_each_groups_scaled_rate(tmp_path):

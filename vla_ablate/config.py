@@ -451,6 +451,9 @@ _NOT_TRAINING = {"data": ("cache_dir", "name", *LEROBOT_KEYS), "model": (),
 def _without_legacy(train: dict) -> dict:
     """``train`` less the recipe keys that hold their ``_LEGACY_TRAIN`` values."""
     legacy = dict(_LEGACY_TRAIN)
+    for key in ("embed_lr", "head_lr"):  # a rate equal to lr trains as null does
+        if train.get(key) == train.get("lr"):
+            legacy[key] = train.get(key)
     if train.get("schedule", "cosine") == "cosine":
         legacy["decay_frac"] = train.get("decay_frac")
     return {k: v for k, v in train.items() if k not in legacy or v != legacy[k]}

@@ -134,13 +134,17 @@ def newton_schulz_precision(device: torch.device) -> str:
 def _adamw_groups(rest, tcfg) -> tuple[list[dict], list[float]]:
     """The AdamW parameter groups and each one's learning rate as a multiple of ``train.lr``.
 
-    Without ``train.embed_lr`` and ``train.head_lr`` two groups, matrices (decayed) and gains
-    (not), both at ``train.lr``: the groups every model before these keys was trained with. With
-    either, four: the token embedding and any positional table at ``embed_lr``, the output head
-    at ``head_lr``, the norms' gains at ``head_lr`` (they scale the head's input), and any other
-    matrix at ``lr``; each follows the schedule scaled by its rate over ``lr``.
+    Without ``train.embed_lr`` and ``train.head_lr`` (null, or equal to ``train.lr``) two groups,
+    matrices (decayed) and gains (not), both at ``train.lr``: the groups every model before these
+    keys was trained with. With either, four: the token embedding and any positional table at
+    ``embed_lr``; the output head at ``head_lr``; every norm's gain (each block's two and the
+    final one) at ``head_lr`` too, one rate for the small AdamW-only parameters at the output
+    side of each block; any other matrix at ``lr``. Each follows the schedule scaled by its rate
+    over ``lr``.
     """
     embed_lr, head_lr = getattr(tcfg, "embed_lr", None), getattr(tcfg, "head_lr", None)
+    embed_lr = None if embed_lr == tcfg.lr else embed_lr  # the same training as null: the same
+    head_lr = None if head_lr == tcfg.lr else head_lr     # groups (and the same model key)
     decay = [p for _, p in rest if p.dim() >= 2]
     no_decay = [p for _, p in rest if p.dim() < 2]
     if embed_lr is None and head_lr is None:

@@ -156,7 +156,8 @@ class _Run:
     def optimise(self, step: int) -> bool:
         """One optimiser step; False where the loss or the gradient is not finite."""
         self.lr = lr_at(step, self.tcfg, self.budget.horizon)
-        for group, scale in zip(self.optimizer.param_groups, self.optimizer.lr_scales):
+        for group, scale in zip(self.optimizer.param_groups, self.optimizer.lr_scales,
+                                strict=True):
             group["lr"] = self.lr * scale
         x = self.batches.batch(step).to(self.device)
         with autocast(self.precision, self.device):
