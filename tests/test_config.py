@@ -174,8 +174,9 @@ def test_recipe_keys_leave_the_published_models_keys_as_they_were(monkeypatch):
     import torch
 
     import vla_ablate.config as config
+    from vla_ablate.config import identity
 
-    monkeypatch.setattr(config, "newton_schulz_precision", lambda device: "bf16")
+    monkeypatch.setattr(identity, "newton_schulz_precision", lambda device: "bf16")
     old = ["experiment=ablation", "seed=1", "pos=rope", "mask=causal", "train.steps=2400",
            "train.schedule=cosine", "train.lr=3e-3", "train.min_lr=1e-4", "train.warmup_steps=60",
            "train.embed_lr=null", "train.head_lr=null", "train.muon_momentum=0.95",
