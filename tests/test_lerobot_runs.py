@@ -17,8 +17,8 @@ from test_cli_tools import assert_one_line_error, run_module
 
 from conftest import SMOKE, compose_cfg, run_cli
 from vla_ablate import evaluate, pipeline
+from vla_ablate import job as job_module
 from vla_ablate.config import model_key, resolve_data_path, training_config, validate
-from vla_ablate.config import paths as config_paths
 from vla_ablate.data.lerobot import read_lerobot, write_lerobot
 from vla_ablate.data.robot import RobotData, robot_layout
 from vla_ablate.data.tokenizer import Tokenizers
@@ -326,10 +326,12 @@ def test_a_hub_dataset_is_fetched_into_the_data_cache(tmp_path, monkeypatch):
         calls.append((repo_id, Path(cache_dir)))
         return root
 
-    monkeypatch.setattr(config_paths, "fetch", fetch)
+    monkeypatch.setattr(job_module, "fetch", fetch)
     cfg = compose_cfg([*SMOKE, "data=lerobot", "data.repo_id=lerobot/pusht", *WINDOW,
                        f"data.cache_dir={tmp_path / 'cache'}"])
     resolve_data_path(cfg)
+    assert calls == [] and cfg.data.root is None  # the config layer downloads nothing
+    job_module.fetch_dataset(cfg)
     assert calls == [("lerobot/pusht", tmp_path / "cache")] and cfg.data.root == str(root)
     validate(cfg)
     # bound to the dataset's name, not to where this machine's cache keeps it
@@ -341,10 +343,11 @@ def test_without_a_network_the_hub_is_one_line(monkeypatch):
     def offline(repo_id, cache_dir, log=print):
         raise DataError(f"cannot reach the Hugging Face Hub to fetch {repo_id} (no network?)")
 
-    monkeypatch.setattr(config_paths, "fetch", offline)
+    monkeypatch.setattr(job_module, "fetch", offline)
     cfg = compose_cfg(["data=lerobot", "data.repo_id=lerobot/pusht"])
+    resolve_data_path(cfg)
     with pytest.raises(ConfigError, match="cannot reach the Hugging Face Hub"):
-        resolve_data_path(cfg)
+        job_module.fetch_dataset(cfg)
 
 
 def break_dataset(root: Path, case: str) -> list[str]:

@@ -33,9 +33,10 @@ from vla_ablate.config import (
     validate,
 )
 from vla_ablate.console import USAGE, error, log
+from vla_ablate.data.hub import fetch
 from vla_ablate.data.robot import RobotData
 from vla_ablate.data.tokens import TokenLayout
-from vla_ablate.errors import ConfigError
+from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.factory import model_args_from_config
 from vla_ablate.host import pick_device
 from vla_ablate.locks import job_folder_lock
@@ -97,8 +98,24 @@ def axes_of(cfg) -> dict:
     return axes
 
 
+def fetch_dataset(cfg) -> None:
+    """``data.repo_id``: the Hub dataset fetched into the data cache (``data.hub``; a copy made
+    before is reused) and ``data.root`` set to it; ``ConfigError`` (one line) where it cannot be
+    had. Nothing for a local dataset or the course's data. After ``resolve_data_path``."""
+    d = cfg.data
+    if not is_lerobot(cfg) or d.repo_id is None:
+        return
+    cache_dir = Path(d.cache_dir) if d.cache_dir else Path.cwd() / "outputs" / "datasets"
+    try:
+        d.root = str(Path(fetch(d.repo_id, cache_dir, log=log)).resolve())
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+
+
 def resolve(cfg, run_dir: Path, multirun: bool) -> Job:
-    """Check ``cfg`` and resolve device, precision, layout and model once (``ConfigError``)."""
+    """Fetch a Hub dataset, check ``cfg`` and resolve device, precision, layout and model once
+    (``ConfigError``)."""
+    fetch_dataset(cfg)
     layout = validate(cfg)
     device = pick_device(cfg.train.device)
     try:

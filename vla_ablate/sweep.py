@@ -33,7 +33,7 @@ from vla_ablate.config import resolve_data_path, training_config, validate
 from vla_ablate.console import USAGE, one_line, report
 from vla_ablate.errors import ConfigError
 from vla_ablate.fileio import write_json
-from vla_ablate.job import LAUNCH_ENV
+from vla_ablate.job import LAUNCH_ENV, fetch_dataset
 from vla_ablate.runfolder import ATTEMPT, SUMMARY, SWEEP_JOBS, bind_check, read_json
 
 FAILED: list[str] = []  # job folders of this launch that did not complete (set at the end)
@@ -195,6 +195,7 @@ def checked_jobs(config: DictConfig) -> tuple[list[str], list[Path]]:
         task = OmegaConf.masked_copy(job, [k for k in job if k != "hydra"])
         try:
             resolve_data_path(task)  # as the job itself binds it
+            fetch_dataset(task)  # before any job starts; the jobs then find the copy
             validate(task)
             bind_check(folder, training_config(task))
         except ConfigError as err:
