@@ -301,7 +301,8 @@ def test_the_course_config_is_unchanged():
     assert model_key(cfg) == "rope-causal-seed42-65c2c2f0ef"
     training = training_config(cfg)
     assert "tokenizer" not in training and "tokens" not in training
-    assert not {"name", "root", "repo_id", "window", "action_key"} & set(training["data"])
+    assert not {"name", "root", "repo_id", "window", "action_key", "state_key",
+                "total_episodes", "total_frames", "codebase_version"} & set(training["data"])
     with pytest.raises(ConfigError, match=r"^tokenizer=quantile applies to data=lerobot"):
         validate(compose_cfg(["tokenizer=quantile"]))
 
@@ -316,6 +317,39 @@ def test_data_lerobot_defaults_to_the_uniform_tokenizer(tmp_path):
     assert training["data"]["root"] == str(root) and "num_trajectories" not in training["data"]
     assert model_key(cfg) != model_key(robot_cfg(root, "tokenizer=quantile"))
     assert model_key(cfg) == model_key(robot_cfg(root, "tokenizer=uniform"))
+
+
+def test_the_model_key_follows_the_datasets_contents(tmp_path):
+    """A dataset changed in place (more episodes) splits its episodes anew: former training
+    episodes can land in validation, so its models must not be reused."""
+    root = dataset(tmp_path / "d")
+    cfg = robot_cfg(root)
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    data = training_config(cfg)["data"]
+    assert {k: data[k] for k in ("codebase_version", "total_episodes", "total_frames")} == {
+        k: info[k] for k in ("codebase_version", "total_episodes", "total_frames")}
+    before = model_key(cfg)
+    info_path.write_text(json.dumps(info))
+    assert model_key(cfg) == before  # the same contents, the same model
+    for key in ("total_episodes", "total_frames"):
+        info_path.write_text(json.dumps({**info, key: info[key] + 5}))
+        assert model_key(cfg) != before, key
+    info_path.write_text(json.dumps({**info, "codebase_version": "v2.1"}))
+    assert model_key(cfg) != before
+
+
+def test_the_state_column_is_part_of_the_key_only_where_states_are_read(tmp_path):
+    root = dataset(tmp_path / "d")
+    action = robot_cfg(root, "tokens=action")
+    assert "state_key" not in training_config(action)["data"]
+    assert model_key(action) == model_key(robot_cfg(root, "tokens=action",
+                                                    "data.state_key=observation.other"))
+    assert model_key(action) == model_key(robot_cfg(root, "tokens=action", "data.state_key=null"))
+    states = robot_cfg(root, "tokens=state_action")
+    assert training_config(states)["data"]["state_key"] == "observation.state"
+    assert model_key(states) != model_key(robot_cfg(root, "tokens=state_action",
+                                                    "data.state_key=observation.other"))
 
 
 def test_a_hub_dataset_is_fetched_into_the_data_cache(tmp_path, monkeypatch):

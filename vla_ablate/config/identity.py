@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from vla_ablate.data.lerobot import read_info
 from vla_ablate.data.robot_config import is_lerobot, tokenizer_of
-from vla_ablate.errors import ConfigError
+from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.host import pick_device
 from vla_ablate.optim import newton_schulz_precision
 from vla_ablate.precision import resolve_precision
@@ -89,11 +91,33 @@ def training_config(cfg, device=None, precision: str | None = None) -> dict:
 
 def _lerobot_data(cfg) -> dict:
     """A LeRobot dataset's part of the training config: where it is (``repo_id``, else the
-    folder), the columns, the window and the split; the course's keys do not apply."""
+    folder), what it holds (``_contents``), the columns read, the window and the split; the
+    course's keys do not apply, nor ``state_key`` where the tokens are actions only (never read
+    there)."""
     d = OmegaConf.to_container(cfg.data, resolve=True)
     if d.get("repo_id") is not None:
         d["root"] = None  # the data cache's copy: wherever the cache lies, the same data
-    return {k: v for k, v in d.items() if k not in ("cache_dir", *_SYNTHETIC_ONLY)}
+    if cfg.tokens.name == "action":
+        d.pop("state_key", None)
+    data = {k: v for k, v in d.items() if k not in ("cache_dir", *_SYNTHETIC_ONLY)}
+    return {**data, **_contents(cfg.data.root)}
+
+
+# what meta/info.json says a dataset holds: a dataset changed in place (episodes added) splits
+# its episodes differently, so it must not reuse a model trained on the former contents
+_CONTENTS = ("codebase_version", "total_episodes", "total_frames")
+
+
+def _contents(root) -> dict:
+    """``_CONTENTS`` from ``root``'s ``meta/info.json``; nothing where it cannot be read (then
+    ``validate`` or the job refuses the dataset, and no model is trained or reused)."""
+    if root is None:
+        return {}
+    try:
+        info = read_info(Path(root))
+    except DataError:
+        return {}
+    return {key: info[key] for key in _CONTENTS if key in info}
 
 
 def model_key(cfg, training: dict | None = None) -> str:
