@@ -174,7 +174,7 @@ def bind_folder(folder, training: dict) -> None:
     write_json(folder / BINDING, {"training": training, "hydra_files": hydra_files})
 
 
-# training-config keys that the device decides (vla_ablate/config.py training_config)
+# training-config keys that the device decides (vla_ablate/config/identity.py training_config)
 HOST_KEYS = ("train.muon_newton_schulz",)
 
 
