@@ -208,6 +208,7 @@ def test_continuous_layout_gives_each_value_its_own_ids():
                          continuous=True)
     assert layout.per_step == 5 and layout.vocab_size == 5 * 16
     assert [layout.action_range(i) for i in range(2)] == [range(0, 16), range(16, 32)]
+    assert layout.action_ranges() == [(0, 16), (16, 32)]
     assert layout.state_range(0) == range(32, 48)
     states = torch.randint(0, 16, (2, 3, 3))
     actions = torch.randint(0, 16, (2, 3, 2))

@@ -103,6 +103,11 @@ class TokenLayout:
         """The token ids of action dimension i."""
         return range(i * self.action_bins, (i + 1) * self.action_bins)
 
+    def action_ranges(self) -> list[tuple[int, int]]:
+        """(first id, end id) of every action dimension's ids, in order: a step's ranges for
+        decoding one dimension at a time (``evaluate.kv_cache_consistency`` step_ranges)."""
+        return [(r.start, r.stop) for r in map(self.action_range, range(self.actions))]
+
     def step_sequences(self, state_bins, action_bins) -> torch.Tensor:
         """Sequences (N, T * per_step) from each step's bins: ``action_bins`` (N, T, D) and
         ``state_bins`` (N, T, S) in [0, bins) (None without state tokens); each value moves to
