@@ -455,3 +455,23 @@ def test_evaluations_read_the_tokenizer_saved_beside_the_model(tmp_path):
     assert torch.equal(used.sequences[0], torch.as_tensor(expected).flatten())
     robot.tokenizers.save(tmp_path / TOKENIZER)
     assert pipeline.model_robot_data(robot, tmp_path) is robot
+
+
+def test_the_action_loss_of_d_action_tokens_leaves_out_step_0():
+    """tokens=action with D > 1: a_0's dimensions 1..D-1 are targets of the objective but not
+    of the comparable action loss (a_1 .. a_{T-1}, every dimension)."""
+    from vla_ablate.training.losses import validation_losses
+
+    layout = TokenLayout(bins=8, actions=2, action_bins=8, continuous=True)
+    assert not layout.all_action_targets and ACTION.all_action_targets
+    torch.manual_seed(0)
+    seqs = layout.step_sequences(None, torch.randint(0, 8, (4, 6, 2)))  # (4, 12)
+    model = DecoderOnlyTransformer(vocab_size=layout.vocab_size, dim=16, num_layers=1,
+                                   num_heads=2, ff_hidden_dim=32, max_seq_len=16, dropout=0.0)
+    objective, action = validation_losses(model, seqs, torch.device("cpu"), layout)
+    with torch.no_grad():
+        logits, _ = model(seqs[:, :-1])
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), seqs[:, 1:], reduction="none")
+    assert objective == pytest.approx(ce.mean().item(), rel=1e-6)
+    assert action == pytest.approx(ce[:, 1:].mean().item(), rel=1e-6)  # target 0 is a_0[1]
+    assert action != pytest.approx(objective, rel=1e-6)

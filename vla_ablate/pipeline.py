@@ -145,7 +145,7 @@ def summarise(cfg, job, result: dict, train_dir: Path, trained_here: bool, threa
         **({} if job.robot is None else {"data": "lerobot"}),
         "val_loss": val_loss, "val_perplexity": evaluate.perplexity(val_loss),
         # the one figure comparable across token layouts: the action tokens a_1..a_{T-1} alone
-        "val_action_loss": (val_loss if job.layout.name == "action"
+        "val_action_loss": (val_loss if job.layout.all_action_targets
                             else result.get("val_action_loss")),
         "train_loss": result["train_loss"], "best_val_loss": result["best_val_loss"],
         "steps": result["steps"], "train_time_s": result["train_time_s"],
