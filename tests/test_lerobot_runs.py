@@ -102,7 +102,8 @@ def test_a_state_action_run_on_a_v21_dataset_runs_every_evaluation(state_action_
                                                                         (2, 8)]
     extra = summary["extrapolation"]
     assert {"loss_1x", "loss_2x_beyond"} <= set(extra)  # 16-step windows exist, 32-step ones not
-    assert extra["skipped"] == {"4x": "no validation episode has 32 steps"}
+    assert extra["skipped_4x"] == "no validation episode has 32 steps"
+    assert all(isinstance(v, (int, float, str)) for v in extra.values())  # runs.csv cells
     maps = np.load(run / "attention_maps.npz")
     assert maps["layer_0"].shape == (4, 8, 8)  # over steps
     assert maps["tokens"].shape == (8, 2)  # each step's action tokens
@@ -475,3 +476,23 @@ def test_the_action_loss_of_d_action_tokens_leaves_out_step_0():
     assert objective == pytest.approx(ce.mean().item(), rel=1e-6)
     assert action == pytest.approx(ce[:, 1:].mean().item(), rel=1e-6)  # target 0 is a_0[1]
     assert action != pytest.approx(objective, rel=1e-6)
+
+
+def test_extrapolation_on_episodes_writes_one_scalar_per_key(tmp_path):
+    """A factor no validation episode is long enough for is ``skipped_<f>x`` (its reason), not
+    a dict under a bare ``skipped`` that runs.csv would hold as one cell."""
+    from analysis.collect import _scalars
+
+    root = dataset(tmp_path / "d", lengths=(14, 20))
+    robot = RobotData.build(read_lerobot(root), robot_layout(2, None, 16), 8, 0.7, 42, 42,
+                            "uniform")
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(vocab_size=robot.layout.vocab_size, dim=16, num_layers=1,
+                                   num_heads=2, ff_hidden_dim=32, max_seq_len=64, dropout=0.0,
+                                   pos="rope")
+    extra = evaluate.extrapolation_windows(model, robot, [2, 4], 4, torch.device("cpu"))
+    assert extra["skipped_4x"] == "no validation episode has 32 steps"
+    assert {"loss_1x", "loss_2x_beyond", "windows_1x", "windows_2x"} <= set(extra)
+    assert all(isinstance(v, (int, float, str)) for v in extra.values())
+    assert _scalars({"a": 1.0, "b": "why", "c": {"4x": "x"}, "d": [1], "e": None}) == {
+        "a": 1.0, "b": "why", "e": None}

@@ -182,19 +182,18 @@ def extrapolation_windows(model, robot, factors, n, device, precision="fp32") ->
     """``extrapolation`` on a dataset's own episodes (``data=lerobot``): windows of ``factor`` x
     ``data.window`` steps from the same validation episodes (their first ``n``, as
     ``RobotData.val_rows`` cuts them). A factor that no validation episode is long enough for
-    is left out, and ``skipped`` says why."""
-    out, skipped = {}, {}
+    is left out, and ``skipped_<f>x`` says why. Every value is a scalar: the analysis copies
+    the group's keys into runs.csv as they are."""
+    out = {}
     for factor in [1, *factors]:
         length = robot.window * factor
         seqs = robot.val_windows(length, limit=n)
         if not len(seqs):
-            skipped[f"{factor}x"] = f"no validation episode has {length} steps"
+            out[f"skipped_{factor}x"] = f"no validation episode has {length} steps"
             continue
         out[_extrapolation_key(factor)] = _extrapolation_loss(model, seqs, robot.window, factor,
                                                               device, precision, robot.layout)
         out[f"windows_{factor}x"] = len(seqs)
-    if skipped:
-        out["skipped"] = skipped
     return out
 
 
