@@ -98,8 +98,12 @@ def test_a_state_action_run_on_a_v21_dataset_runs_every_evaluation(state_action_
     assert summary["position_shift"]["delta_shift_12"] == pytest.approx(0, abs=1e-5)  # RoPE
     kv = summary["kv_cache"]
     assert kv["consistency"]["matches"] and kv["generated_per_step"] == 2
-    assert [(r["batch_size"], r["new_tokens"]) for r in kv["speed"]] == [(1, 4), (1, 8), (2, 4),
-                                                                        (2, 8)]
+    # eval.gen_new_tokens counts steps; each makes D = 2 tokens, and the rates count tokens
+    assert [(r["batch_size"], r["new_steps"], r["new_tokens"]) for r in kv["speed"]] == [
+        (1, 4, 8), (1, 8, 16), (2, 4, 8), (2, 8, 16)]
+    for r in kv["speed"]:
+        assert r["tokens_per_s_cache_on"] == pytest.approx(
+            r["batch_size"] * r["new_tokens"] / r["cache_on_s"])
     extra = summary["extrapolation"]
     assert {"loss_1x", "loss_2x_beyond"} <= set(extra)  # 16-step windows exist, 32-step ones not
     assert extra["skipped_4x"] == "no validation episode has 32 steps"
@@ -496,3 +500,14 @@ def test_extrapolation_on_episodes_writes_one_scalar_per_key(tmp_path):
     assert all(isinstance(v, (int, float, str)) for v in extra.values())
     assert _scalars({"a": 1.0, "b": "why", "c": {"4x": "x"}, "d": [1], "e": None}) == {
         "a": 1.0, "b": "why", "e": None}
+
+
+def test_speed_rows_count_tokens_where_a_step_is_d_tokens():
+    pairs = [{"order": "on-off", "cache_on_s": 0.5, "cache_off_s": 1.0, "speedup": 2.0}]
+    course = evaluate._speed_row(2, 8, pairs, True)
+    assert "new_steps" not in course and course["new_tokens"] == 8  # the course's keys, as before
+    assert course["tokens_per_s_cache_on"] == 2 * 8 / 0.5
+    row = evaluate._speed_row(2, 8, pairs, True, per_step=3)
+    assert row["new_steps"] == 8 and row["new_tokens"] == 24
+    assert row["tokens_per_s_cache_on"] == 2 * 24 / 0.5 and row["tokens_per_s_cache_off"] == 48
+    assert set(row) - set(course) == {"new_steps"}

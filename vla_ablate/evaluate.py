@@ -354,8 +354,9 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
     ``given`` (len(prompts), max(new_tokens), k): a rollout of that many steps, each step's k
     state tokens from the data; new tokens are then generated actions (one per step).
     ``clock``: seconds, as ``time.perf_counter`` (a test passes a fake one). ``step_ranges``:
-    each step is D generated action tokens, each from its own ids (``generate``); new tokens
-    then count steps.
+    each step is D generated action tokens, each from its own ids (``generate``); ``new_tokens``
+    then count steps, and each row has ``new_steps`` and ``new_tokens`` (= steps x D) with the
+    rates in tokens (``_speed_row``).
     """
     model.eval()
     rows = []
@@ -379,7 +380,8 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
                     run(n, use_cache)
             pairs = [_timed_pair(lambda c, n=n: run(n, c), r % 2 == 0, device, clock,
                                  prime=warm_each_cell) for r in range(repeats)]
-            rows.append(_speed_row(batch, n, pairs, warm_each_cell))
+            rows.append(_speed_row(batch, n, pairs, warm_each_cell,
+                                   len(step_ranges) if step_ranges else 1))
     return rows
 
 
@@ -399,16 +401,21 @@ def _timed_pair(run, cache_first: bool, device, clock, prime: bool = True) -> di
             "cache_off_s": times[False], "speedup": times[False] / times[True]}
 
 
-def _speed_row(batch: int, n: int, pairs: list, warmed: bool) -> dict:
-    """A cell's summary row: medians of each side, the pairs' ratios, and every pair."""
+def _speed_row(batch: int, n: int, pairs: list, warmed: bool, per_step: int = 1) -> dict:
+    """A cell's summary row: medians of each side, the pairs' ratios, and every pair. ``n``
+    steps of ``per_step`` generated tokens each (D action tokens a step, ``data=lerobot``):
+    ``new_tokens`` and the rates count tokens, ``new_steps`` the steps (only where
+    ``per_step`` > 1: the course's rows keep their keys)."""
     ratios = [p["speedup"] for p in pairs]
     on_s = statistics.median(p["cache_on_s"] for p in pairs)
     off_s = statistics.median(p["cache_off_s"] for p in pairs)
-    return {"batch_size": batch, "new_tokens": n, "repeats": len(pairs),
+    tokens = n * per_step
+    steps = {"new_steps": n} if per_step > 1 else {}
+    return {"batch_size": batch, **steps, "new_tokens": tokens, "repeats": len(pairs),
             "warm_up": "per cell" if warmed else "per batch size",
             "cache_on_s": on_s, "cache_off_s": off_s,
-            "tokens_per_s_cache_on": batch * n / on_s,
-            "tokens_per_s_cache_off": batch * n / off_s,
+            "tokens_per_s_cache_on": batch * tokens / on_s,
+            "tokens_per_s_cache_off": batch * tokens / off_s,
             "speedup": statistics.median(ratios),
             "speedup_min": min(ratios), "speedup_max": max(ratios), "pairs": pairs}
 
