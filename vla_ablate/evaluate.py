@@ -214,7 +214,7 @@ def action_error(model, robot, device, precision="fp32", batch_size=64) -> dict:
     T = seqs.shape[1] // P
     # the position whose output predicts a_t[i]: the token before it
     rows = torch.tensor([t * P + S + i - 1 for t in range(1, T) for i in range(D)])
-    mids = torch.as_tensor((tok.edges[:, :-1] + tok.edges[:, 1:]) / 2)  # (D, bins)
+    mids = torch.as_tensor(tok.centers)  # (D, bins)
     greedy, expected = [], []
     model.eval()
     for start in range(0, len(seqs), batch_size):
