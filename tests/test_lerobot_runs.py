@@ -25,6 +25,7 @@ from vla_ablate.data.tokenizer import Tokenizers
 from vla_ablate.data.tokens import ACTION, TokenLayout
 from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.model.linear import Linear
 from vla_ablate.runfolder import BINDING, MODELS, SUMMARY, TOKENIZER
 
 WINDOW = ["data.window=8"]
@@ -264,7 +265,9 @@ class _Oracle(torch.nn.Module):
     def __init__(self, truth: torch.Tensor, vocab: int):
         super().__init__()
         self.truth, self.vocab = truth, vocab
-        self.lm_head = torch.nn.Identity()
+        self.lm_head = Linear(vocab, vocab)  # the identity: hidden states are the logits
+        with torch.no_grad():
+            self.lm_head.weight.copy_(torch.eye(vocab))
 
     def hidden_states(self, x, input_pos=None):
         prefix = self.truth[:, :-1]
@@ -511,3 +514,34 @@ def test_speed_rows_count_tokens_where_a_step_is_d_tokens():
     assert row["new_steps"] == 8 and row["new_tokens"] == 24
     assert row["tokens_per_s_cache_on"] == 2 * 24 / 0.5 and row["tokens_per_s_cache_off"] == 48
     assert set(row) - set(course) == {"new_steps"}
+
+
+@pytest.mark.parametrize("tokens", ["action", "state_action"])
+def test_the_action_error_equals_the_full_vocabulary_computation(tmp_path, tokens):
+    """Each dimension's logits from its own slice of the head give what slicing the full
+    vocabulary's logits gave."""
+    root = dataset(tmp_path / "d", d=3)
+    layout = robot_layout(3, ["pos0", "pos1"] if tokens == "state_action" else None, 16)
+    robot = RobotData.build(read_lerobot(root), layout, 8, 0.7, 42, 42, "quantile")
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(vocab_size=layout.vocab_size, dim=16, num_layers=1,
+                                   num_heads=2, ff_hidden_dim=32, max_seq_len=64, dropout=0.0)
+    # the computation before: (B, (T - 1) * D, V) logits, then each dimension's ids
+    seqs, truth = robot.val_windows(), robot.val_actions()[:, 1:]
+    P, S, D, T = layout.per_step, len(layout.state), 3, 8
+    rows = torch.tensor([t * P + S + i - 1 for t in range(1, T) for i in range(D)])
+    with torch.no_grad():
+        logits = model.lm_head(model.hidden_states(seqs[:, :-1])[:, rows]).unflatten(1, (T - 1, D))
+    own = torch.stack([logits[..., i, i * 16 : (i + 1) * 16] for i in range(D)], dim=2)
+
+    def full_vocabulary(hidden):
+        raise AssertionError(f"full-vocabulary logits for hidden states {tuple(hidden.shape)}")
+
+    model.lm_head.forward = full_vocabulary  # never built now
+    err = evaluate.action_error(model, robot, torch.device("cpu"), batch_size=3)
+    tok = robot.tokenizers.action
+    greedy = np.abs(tok.decode(own.argmax(-1).numpy()) - truth).reshape(-1, D).mean(0)
+    expected = (torch.softmax(own.double(), -1) * torch.as_tensor(tok.centers)).sum(-1).numpy()
+    expected = np.abs(expected - truth).reshape(-1, D).mean(0)
+    assert err["greedy"]["per_dim"] == pytest.approx(greedy.tolist(), rel=1e-12)
+    assert err["expected"]["per_dim"] == pytest.approx(expected.tolist(), rel=1e-6)

@@ -217,13 +217,17 @@ def action_error(model, robot, device, precision="fp32", batch_size=64) -> dict:
     mids = torch.as_tensor(tok.centers)  # (D, bins)
     greedy, expected = [], []
     model.eval()
+    # each dimension's logits from its own columns of the head: the full vocabulary's,
+    # (B, (T - 1) * D, (D + S) * bins), would be ~1 GB on a dataset of aloha's size
+    weight = model.lm_head.weight  # (C, V): Linear keeps (in, out)
     for start in range(0, len(seqs), batch_size):
         x = seqs[start : start + batch_size].to(device)
         with autocast(precision, device):
             hidden = model.hidden_states(x[:, :-1])[:, rows.to(device)]
-            logits = model.lm_head(hidden)
-        logits = logits.float().cpu().unflatten(1, (T - 1, D))  # (B, T - 1, D, V)
-        own = torch.stack([logits[..., i, i * bins : (i + 1) * bins] for i in range(D)], dim=2)
+            hidden = hidden.unflatten(1, (T - 1, D))  # (B, T - 1, D, C)
+            own = torch.stack([hidden[:, :, i] @ weight[:, i * bins : (i + 1) * bins]
+                               for i in range(D)], dim=2)  # (B, T - 1, D, bins)
+        own = own.float().cpu()
         greedy.append(tok.decode(own.argmax(-1).numpy()))
         expected.append((torch.softmax(own.double(), -1) * mids).sum(-1).numpy())
     trip = tok.round_trip_error(truth)
