@@ -114,6 +114,7 @@ def test_a_state_action_run_on_a_v21_dataset_runs_every_evaluation(state_action_
     assert maps["tokens"].shape == (8, 2)  # each step's action tokens
     tokenizers = Tokenizers.load(run / TOKENIZER)
     assert tokenizers.kind == "quantile" and tokenizers.state_names == ["pos0", "pos1"]
+    assert tokenizers.dataset == {"root": str(root.resolve()), "repo_id": None}
     # fitted on the training episodes alone, in the run's split
     episodes = read_lerobot(root)
     layout = robot_layout(2, ["pos0", "pos1"], 256)
@@ -545,3 +546,36 @@ def test_the_action_error_equals_the_full_vocabulary_computation(tmp_path, token
     expected = np.abs(expected - truth).reshape(-1, D).mean(0)
     assert err["greedy"]["per_dim"] == pytest.approx(greedy.tolist(), rel=1e-12)
     assert err["expected"]["per_dim"] == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("given", ["repo_id", "relative root"])
+def test_a_trained_model_finds_its_dataset_from_the_tokenizer_file(tmp_path, given):
+    """The run's .hydra/config.yaml holds data.root as given (null with data.repo_id, or
+    relative); tokenizer.json holds the folder the job resolved, and the commands read that."""
+    import yaml
+
+    from vla_ablate.errors import CommandError
+    from vla_ablate.trained import robot_data
+
+    root = dataset(tmp_path / "cache" / "copy")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    data = {"root": None, "repo_id": "lerobot/pusht"} if given == "repo_id" else {
+        "root": "cache/copy", "repo_id": None}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({
+        "seed": 42, "tokens": {"name": "action", "loss": "all"},
+        "data": {**data, "window": 8, "train_split": 0.9, "seed": 42}}))
+    layout = robot_layout(2, None, 256)
+    fitted = RobotData.build(read_lerobot(root), layout, 8, 0.9, 42, 42, "uniform")
+    fitted.tokenizers.dataset = {"root": str(root), "repo_id": data["repo_id"]}  # as read_robot
+    fitted.tokenizers.save(run / TOKENIZER)
+    robot, source = robot_data(run / "checkpoints" / "last.pt")
+    assert str(root) in source and robot.tokenizers.same_as(fitted.tokenizers)
+    assert np.array_equal(robot.val, fitted.val)
+    assert all(torch.equal(a, b) for a, b in zip(robot.sequences, fitted.sequences))
+    root.rename(tmp_path / "gone")
+    with pytest.raises(CommandError) as err:
+        robot_data(run / "checkpoints" / "last.pt")
+    assert "not there any more" in str(err.value) and "\n" not in str(err.value)
+    assert Tokenizers.load(run / TOKENIZER).dataset["root"] == str(root)

@@ -243,8 +243,11 @@ def read_robot(cfg, layout: TokenLayout) -> RobotData:
     d, e = cfg.data, cfg.eval
     try:
         episodes = read_lerobot(d.root, d.action_key, d.state_key if layout.state else None)
+        # data.root as resolve_data_path left it (absolute; a repo_id's fetched copy): the
+        # tokenizer file beside the model records it, for sample and check_cache
         robot = RobotData.build(episodes, layout, d.window, d.train_split, d.seed, cfg.seed,
-                                tokenizer_of(cfg)["name"])
+                                tokenizer_of(cfg)["name"],
+                                dataset={"root": str(d.root), "repo_id": d.repo_id})
         if e.enabled:  # a rollout's states come from one episode
             robot.rollouts(e.gen_prompt_len, max(e.gen_new_tokens))
     except DataError as err:

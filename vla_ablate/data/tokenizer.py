@@ -128,12 +128,16 @@ def fit_tokenizers(actions: list[np.ndarray], states: list[np.ndarray] | None,
 @dataclass
 class Tokenizers:
     """A dataset's fitted tokenizers, as a run folder keeps them (``runfolder.TOKENIZER``): the
-    actions', the states' (None where the layout has no state tokens) and the values' names."""
+    actions', the states' (None where the layout has no state tokens) and the values' names.
+    ``dataset``: where the data came from, ``{"root": absolute folder, "repo_id": or None}``,
+    as the job resolved it (a fetched copy, a relative root made absolute), so the commands
+    that read a trained model find the same episodes; None in files from before it."""
 
     action: BinTokenizer
     state: BinTokenizer | None
     action_names: list[str]
     state_names: list[str]
+    dataset: dict | None = None
 
     @property
     def kind(self) -> str:
@@ -155,7 +159,8 @@ class Tokenizers:
 
         text = json.dumps({"kind": self.kind, "bins": self.action.bins,
                            "action": part(self.action, self.action_names),
-                           "state": part(self.state, self.state_names)})
+                           "state": part(self.state, self.state_names),
+                           **({} if self.dataset is None else {"dataset": self.dataset})})
         atomic_write(Path(path), text.encode())
 
     @classmethod
@@ -168,12 +173,16 @@ class Tokenizers:
             state = (None if raw["state"] is None else
                      BinTokenizer(kind, np.asarray(raw["state"]["edges"], dtype=np.float64)))
             names = [list(raw["action"]["names"]), [] if state is None else list(raw["state"]["names"])]
+            dataset = raw.get("dataset")
+            if dataset is not None and not (isinstance(dataset, dict)
+                                            and isinstance(dataset.get("root"), str)):
+                raise ValueError("its dataset has no root folder")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"cannot read the tokenizer {path} ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
         if action.edges.ndim != 2 or (state is not None and state.edges.ndim != 2):
             raise DataError(f"cannot read the tokenizer {path} (its edges are not (D, bins + 1))")
-        return cls(action, state, *names)
+        return cls(action, state, *names, dataset=dataset)
 
 
 def _equal(a, b) -> bool:
