@@ -73,6 +73,12 @@ def _object(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _scalars(group: dict) -> dict:
+    """The keys of a summary group whose values fit one runs.csv cell (no dicts or lists)."""
+    return {k: v for k, v in group.items()
+            if v is None or isinstance(v, (str, bool, int, float))}
+
+
 def _axes_from_hydra(job: Path) -> dict:
     """The ablation axes from Hydra's saved config, for jobs that wrote no summary."""
     try:
@@ -248,10 +254,9 @@ def load_runs(sweep_dirs) -> pd.DataFrame:
                 row[key] = s.get(key)
             data = configs[-1].get("data") or {}
             row["data_varies_with_seed"] = bool(data.get("vary_with_seed")) and not data.get("path")
-            # one name per figure: the summary's own keys
+            # one name per figure: the summary's own keys (scalars alone: a cell holds one)
             for group in ("mask_audit", "position_shift", "extrapolation"):
-                for key, value in _object(s.get(group)).items():
-                    row[key] = value
+                row.update(_scalars(_object(s.get(group))))
             row.update(_action_error(s))
             kv = _object(s.get("kv_cache"))
             consistency = _object(kv.get("consistency"))

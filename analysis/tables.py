@@ -192,7 +192,8 @@ def kv_cache(runs, speed) -> pd.DataFrame:
     check of the model: ``evaluate.kv_cache_consistency``'s ``matches``), naming those whose
     greedy decodes parted at a near-tie. With
     ``tokens=state_action`` a new token is a step's action, generated after its given state
-    tokens: a different workload, so its own rows.
+    tokens: a different workload, so its own rows. With D action tokens a step (``data=lerobot``)
+    ``new_tokens`` counts tokens (D a step; the job's ``new_steps`` counts steps).
     """
     cols = ["config", "tokens", "batch_size", "new_tokens", "models", "jobs", "speedup_median",
             "speedup_ci95_low", "speedup_ci95_high", "speedup_min", "speedup_max",

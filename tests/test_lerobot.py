@@ -186,3 +186,26 @@ def test_the_synthetic_arm_exports_as_a_lerobot_dataset(tmp_path):
     np.testing.assert_allclose(q[:, 1:] - q[:, :-1], np.stack(got.actions)[:, :-1], atol=1e-5)
     again = run_module("vla_ablate.data", "--format", "lerobot", "--output", out)
     assert again.returncode == 2 and "exists and is not an empty folder" in again.stderr
+
+
+def test_quantile_bins_give_a_repeated_value_its_own_bin():
+    """A binary gripper (0 and 1, each on many frames) round-trips exactly with quantile bins;
+    so does a point mass far from 0 (~1e8), where a fixed spread of the edges would vanish,
+    beside continuous values there, still within half a bin."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    gripper = (rng.uniform(size=n) < 0.3).astype(np.float64)
+    big = np.where(rng.uniform(size=n) < 0.4, 1e8, 1e8 + rng.uniform(0, 100, size=n))
+    smooth = rng.normal(size=n)
+    values = np.stack([gripper, big, smooth], axis=1)
+    tok = BinTokenizer.fit(values, "quantile", bins=256)
+    back = tok.decode(tok.encode(values))
+    assert np.array_equal(back[:, 0], gripper)  # 1.0 decodes to 1.0, 0.0 to 0.0
+    mass = values[:, 1] == 1e8
+    assert np.array_equal(back[mass, 1], values[mass, 1])
+    tokens = tok.encode(values)
+    half = (tok.edges[:, 1:] - tok.edges[:, :-1]) / 2
+    allowed = half[np.arange(3), tokens] + 1e-6
+    assert (np.abs(back - values)[:, 1:] <= allowed[:, 1:]).all()
+    # a value between the two masses still falls in a bin of width
+    assert tok.encode(np.array([[0.5, 1e8 + 50, 0.0]]))[0, 0] not in set(tokens[:, 0])

@@ -25,6 +25,7 @@ from vla_ablate.data.tokenizer import Tokenizers
 from vla_ablate.data.tokens import ACTION, TokenLayout
 from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.model import DecoderOnlyTransformer
+from vla_ablate.model.linear import Linear
 from vla_ablate.runfolder import BINDING, MODELS, SUMMARY, TOKENIZER
 
 WINDOW = ["data.window=8"]
@@ -98,16 +99,22 @@ def test_a_state_action_run_on_a_v21_dataset_runs_every_evaluation(state_action_
     assert summary["position_shift"]["delta_shift_12"] == pytest.approx(0, abs=1e-5)  # RoPE
     kv = summary["kv_cache"]
     assert kv["consistency"]["matches"] and kv["generated_per_step"] == 2
-    assert [(r["batch_size"], r["new_tokens"]) for r in kv["speed"]] == [(1, 4), (1, 8), (2, 4),
-                                                                        (2, 8)]
+    # eval.gen_new_tokens counts steps; each makes D = 2 tokens, and the rates count tokens
+    assert [(r["batch_size"], r["new_steps"], r["new_tokens"]) for r in kv["speed"]] == [
+        (1, 4, 8), (1, 8, 16), (2, 4, 8), (2, 8, 16)]
+    for r in kv["speed"]:
+        assert r["tokens_per_s_cache_on"] == pytest.approx(
+            r["batch_size"] * r["new_tokens"] / r["cache_on_s"])
     extra = summary["extrapolation"]
     assert {"loss_1x", "loss_2x_beyond"} <= set(extra)  # 16-step windows exist, 32-step ones not
-    assert extra["skipped"] == {"4x": "no validation episode has 32 steps"}
+    assert extra["skipped_4x"] == "no validation episode has 32 steps"
+    assert all(isinstance(v, (int, float, str)) for v in extra.values())  # runs.csv cells
     maps = np.load(run / "attention_maps.npz")
     assert maps["layer_0"].shape == (4, 8, 8)  # over steps
     assert maps["tokens"].shape == (8, 2)  # each step's action tokens
     tokenizers = Tokenizers.load(run / TOKENIZER)
     assert tokenizers.kind == "quantile" and tokenizers.state_names == ["pos0", "pos1"]
+    assert tokenizers.dataset == {"root": str(root.resolve()), "repo_id": None}
     # fitted on the training episodes alone, in the run's split
     episodes = read_lerobot(root)
     layout = robot_layout(2, ["pos0", "pos1"], 256)
@@ -208,6 +215,7 @@ def test_continuous_layout_gives_each_value_its_own_ids():
                          continuous=True)
     assert layout.per_step == 5 and layout.vocab_size == 5 * 16
     assert [layout.action_range(i) for i in range(2)] == [range(0, 16), range(16, 32)]
+    assert layout.action_ranges() == [(0, 16), (16, 32)]
     assert layout.state_range(0) == range(32, 48)
     states = torch.randint(0, 16, (2, 3, 3))
     actions = torch.randint(0, 16, (2, 3, 2))
@@ -258,7 +266,9 @@ class _Oracle(torch.nn.Module):
     def __init__(self, truth: torch.Tensor, vocab: int):
         super().__init__()
         self.truth, self.vocab = truth, vocab
-        self.lm_head = torch.nn.Identity()
+        self.lm_head = Linear(vocab, vocab)  # the identity: hidden states are the logits
+        with torch.no_grad():
+            self.lm_head.weight.copy_(torch.eye(vocab))
 
     def hidden_states(self, x, input_pos=None):
         prefix = self.truth[:, :-1]
@@ -491,3 +501,118 @@ def test_evaluations_read_the_tokenizer_saved_beside_the_model(tmp_path):
     assert torch.equal(used.sequences[0], torch.as_tensor(expected).flatten())
     robot.tokenizers.save(tmp_path / TOKENIZER)
     assert pipeline.model_robot_data(robot, tmp_path) is robot
+
+
+def test_the_action_loss_of_d_action_tokens_leaves_out_step_0():
+    """tokens=action with D > 1: a_0's dimensions 1..D-1 are targets of the objective but not
+    of the comparable action loss (a_1 .. a_{T-1}, every dimension)."""
+    from vla_ablate.training.losses import validation_losses
+
+    layout = TokenLayout(bins=8, actions=2, action_bins=8, continuous=True)
+    assert not layout.all_action_targets and ACTION.all_action_targets
+    torch.manual_seed(0)
+    seqs = layout.step_sequences(None, torch.randint(0, 8, (4, 6, 2)))  # (4, 12)
+    model = DecoderOnlyTransformer(vocab_size=layout.vocab_size, dim=16, num_layers=1,
+                                   num_heads=2, ff_hidden_dim=32, max_seq_len=16, dropout=0.0)
+    objective, action = validation_losses(model, seqs, torch.device("cpu"), layout)
+    with torch.no_grad():
+        logits, _ = model(seqs[:, :-1])
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), seqs[:, 1:], reduction="none")
+    assert objective == pytest.approx(ce.mean().item(), rel=1e-6)
+    assert action == pytest.approx(ce[:, 1:].mean().item(), rel=1e-6)  # target 0 is a_0[1]
+    assert action != pytest.approx(objective, rel=1e-6)
+
+
+def test_extrapolation_on_episodes_writes_one_scalar_per_key(tmp_path):
+    """A factor no validation episode is long enough for is ``skipped_<f>x`` (its reason), not
+    a dict under a bare ``skipped`` that runs.csv would hold as one cell."""
+    from analysis.collect import _scalars
+
+    root = dataset(tmp_path / "d", lengths=(14, 20))
+    robot = RobotData.build(read_lerobot(root), robot_layout(2, None, 16), 8, 0.7, 42, 42,
+                            "uniform")
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(vocab_size=robot.layout.vocab_size, dim=16, num_layers=1,
+                                   num_heads=2, ff_hidden_dim=32, max_seq_len=64, dropout=0.0,
+                                   pos="rope")
+    extra = evaluate.extrapolation_windows(model, robot, [2, 4], 4, torch.device("cpu"))
+    assert extra["skipped_4x"] == "no validation episode has 32 steps"
+    assert {"loss_1x", "loss_2x_beyond", "windows_1x", "windows_2x"} <= set(extra)
+    assert all(isinstance(v, (int, float, str)) for v in extra.values())
+    assert _scalars({"a": 1.0, "b": "why", "c": {"4x": "x"}, "d": [1], "e": None}) == {
+        "a": 1.0, "b": "why", "e": None}
+
+
+def test_speed_rows_count_tokens_where_a_step_is_d_tokens():
+    pairs = [{"order": "on-off", "cache_on_s": 0.5, "cache_off_s": 1.0, "speedup": 2.0}]
+    course = evaluate._speed_row(2, 8, pairs, True)
+    assert "new_steps" not in course and course["new_tokens"] == 8  # the course's keys, as before
+    assert course["tokens_per_s_cache_on"] == 2 * 8 / 0.5
+    row = evaluate._speed_row(2, 8, pairs, True, per_step=3)
+    assert row["new_steps"] == 8 and row["new_tokens"] == 24
+    assert row["tokens_per_s_cache_on"] == 2 * 24 / 0.5 and row["tokens_per_s_cache_off"] == 48
+    assert set(row) - set(course) == {"new_steps"}
+
+
+@pytest.mark.parametrize("tokens", ["action", "state_action"])
+def test_the_action_error_equals_the_full_vocabulary_computation(tmp_path, tokens):
+    """Each dimension's logits from its own slice of the head give what slicing the full
+    vocabulary's logits gave."""
+    root = dataset(tmp_path / "d", d=3)
+    layout = robot_layout(3, ["pos0", "pos1"] if tokens == "state_action" else None, 16)
+    robot = RobotData.build(read_lerobot(root), layout, 8, 0.7, 42, 42, "quantile")
+    torch.manual_seed(0)
+    model = DecoderOnlyTransformer(vocab_size=layout.vocab_size, dim=16, num_layers=1,
+                                   num_heads=2, ff_hidden_dim=32, max_seq_len=64, dropout=0.0)
+    # the computation before: (B, (T - 1) * D, V) logits, then each dimension's ids
+    seqs, truth = robot.val_windows(), robot.val_actions()[:, 1:]
+    P, S, D, T = layout.per_step, len(layout.state), 3, 8
+    rows = torch.tensor([t * P + S + i - 1 for t in range(1, T) for i in range(D)])
+    with torch.no_grad():
+        logits = model.lm_head(model.hidden_states(seqs[:, :-1])[:, rows]).unflatten(1, (T - 1, D))
+    own = torch.stack([logits[..., i, i * 16 : (i + 1) * 16] for i in range(D)], dim=2)
+
+    def full_vocabulary(hidden):
+        raise AssertionError(f"full-vocabulary logits for hidden states {tuple(hidden.shape)}")
+
+    model.lm_head.forward = full_vocabulary  # never built now
+    err = evaluate.action_error(model, robot, torch.device("cpu"), batch_size=3)
+    tok = robot.tokenizers.action
+    greedy = np.abs(tok.decode(own.argmax(-1).numpy()) - truth).reshape(-1, D).mean(0)
+    expected = (torch.softmax(own.double(), -1) * torch.as_tensor(tok.centers)).sum(-1).numpy()
+    expected = np.abs(expected - truth).reshape(-1, D).mean(0)
+    assert err["greedy"]["per_dim"] == pytest.approx(greedy.tolist(), rel=1e-12)
+    assert err["expected"]["per_dim"] == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+@pytest.mark.parametrize("given", ["repo_id", "relative root"])
+def test_a_trained_model_finds_its_dataset_from_the_tokenizer_file(tmp_path, given):
+    """The run's .hydra/config.yaml holds data.root as given (null with data.repo_id, or
+    relative); tokenizer.json holds the folder the job resolved, and the commands read that."""
+    import yaml
+
+    from vla_ablate.errors import CommandError
+    from vla_ablate.trained import robot_data
+
+    root = dataset(tmp_path / "cache" / "copy")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    data = {"root": None, "repo_id": "lerobot/pusht"} if given == "repo_id" else {
+        "root": "cache/copy", "repo_id": None}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({
+        "seed": 42, "tokens": {"name": "action", "loss": "all"},
+        "data": {**data, "window": 8, "train_split": 0.9, "seed": 42}}))
+    layout = robot_layout(2, None, 256)
+    fitted = RobotData.build(read_lerobot(root), layout, 8, 0.9, 42, 42, "uniform")
+    fitted.tokenizers.dataset = {"root": str(root), "repo_id": data["repo_id"]}  # as read_robot
+    fitted.tokenizers.save(run / TOKENIZER)
+    robot, source = robot_data(run / "checkpoints" / "last.pt")
+    assert str(root) in source and robot.tokenizers.same_as(fitted.tokenizers)
+    assert np.array_equal(robot.val, fitted.val)
+    assert all(torch.equal(a, b) for a, b in zip(robot.sequences, fitted.sequences))
+    root.rename(tmp_path / "gone")
+    with pytest.raises(CommandError) as err:
+        robot_data(run / "checkpoints" / "last.pt")
+    assert "not there any more" in str(err.value) and "\n" not in str(err.value)
+    assert Tokenizers.load(run / TOKENIZER).dataset["root"] == str(root)

@@ -67,7 +67,7 @@ def check_job(job: Path, precisions=None, device="cpu") -> list[dict]:
     robot, ranges = None, None
     if found is not None:
         robot, layout = found[0], found[0].layout
-        ranges = [(r.start, r.stop) for r in map(layout.action_range, range(layout.actions))]
+        ranges = layout.action_ranges()
     val = (validation_actions(state["path"])[0] if layout.name == "action" and robot is None
            else None)
     prompts, given, new = consistency_inputs(cfg, layout, val, robot)

@@ -182,19 +182,18 @@ def extrapolation_windows(model, robot, factors, n, device, precision="fp32") ->
     """``extrapolation`` on a dataset's own episodes (``data=lerobot``): windows of ``factor`` x
     ``data.window`` steps from the same validation episodes (their first ``n``, as
     ``RobotData.val_rows`` cuts them). A factor that no validation episode is long enough for
-    is left out, and ``skipped`` says why."""
-    out, skipped = {}, {}
+    is left out, and ``skipped_<f>x`` says why. Every value is a scalar: the analysis copies
+    the group's keys into runs.csv as they are."""
+    out = {}
     for factor in [1, *factors]:
         length = robot.window * factor
         seqs = robot.val_windows(length, limit=n)
         if not len(seqs):
-            skipped[f"{factor}x"] = f"no validation episode has {length} steps"
+            out[f"skipped_{factor}x"] = f"no validation episode has {length} steps"
             continue
         out[_extrapolation_key(factor)] = _extrapolation_loss(model, seqs, robot.window, factor,
                                                               device, precision, robot.layout)
         out[f"windows_{factor}x"] = len(seqs)
-    if skipped:
-        out["skipped"] = skipped
     return out
 
 
@@ -215,16 +214,20 @@ def action_error(model, robot, device, precision="fp32", batch_size=64) -> dict:
     T = seqs.shape[1] // P
     # the position whose output predicts a_t[i]: the token before it
     rows = torch.tensor([t * P + S + i - 1 for t in range(1, T) for i in range(D)])
-    mids = torch.as_tensor((tok.edges[:, :-1] + tok.edges[:, 1:]) / 2)  # (D, bins)
+    mids = torch.as_tensor(tok.centers)  # (D, bins)
     greedy, expected = [], []
     model.eval()
+    # each dimension's logits from its own columns of the head: the full vocabulary's,
+    # (B, (T - 1) * D, (D + S) * bins), would be ~1 GB on a dataset of aloha's size
+    weight = model.lm_head.weight  # (C, V): Linear keeps (in, out)
     for start in range(0, len(seqs), batch_size):
         x = seqs[start : start + batch_size].to(device)
         with autocast(precision, device):
             hidden = model.hidden_states(x[:, :-1])[:, rows.to(device)]
-            logits = model.lm_head(hidden)
-        logits = logits.float().cpu().unflatten(1, (T - 1, D))  # (B, T - 1, D, V)
-        own = torch.stack([logits[..., i, i * bins : (i + 1) * bins] for i in range(D)], dim=2)
+            hidden = hidden.unflatten(1, (T - 1, D))  # (B, T - 1, D, C)
+            own = torch.stack([hidden[:, :, i] @ weight[:, i * bins : (i + 1) * bins]
+                               for i in range(D)], dim=2)  # (B, T - 1, D, bins)
+        own = own.float().cpu()
         greedy.append(tok.decode(own.argmax(-1).numpy()))
         expected.append((torch.softmax(own.double(), -1) * mids).sum(-1).numpy())
     trip = tok.round_trip_error(truth)
@@ -355,8 +358,9 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
     ``given`` (len(prompts), max(new_tokens), k): a rollout of that many steps, each step's k
     state tokens from the data; new tokens are then generated actions (one per step).
     ``clock``: seconds, as ``time.perf_counter`` (a test passes a fake one). ``step_ranges``:
-    each step is D generated action tokens, each from its own ids (``generate``); new tokens
-    then count steps.
+    each step is D generated action tokens, each from its own ids (``generate``); ``new_tokens``
+    then count steps, and each row has ``new_steps`` and ``new_tokens`` (= steps x D) with the
+    rates in tokens (``_speed_row``).
     """
     model.eval()
     rows = []
@@ -380,7 +384,8 @@ def paired_generation_speed(model, prompts, batch_sizes, new_tokens, repeats, de
                     run(n, use_cache)
             pairs = [_timed_pair(lambda c, n=n: run(n, c), r % 2 == 0, device, clock,
                                  prime=warm_each_cell) for r in range(repeats)]
-            rows.append(_speed_row(batch, n, pairs, warm_each_cell))
+            rows.append(_speed_row(batch, n, pairs, warm_each_cell,
+                                   len(step_ranges) if step_ranges else 1))
     return rows
 
 
@@ -400,16 +405,21 @@ def _timed_pair(run, cache_first: bool, device, clock, prime: bool = True) -> di
             "cache_off_s": times[False], "speedup": times[False] / times[True]}
 
 
-def _speed_row(batch: int, n: int, pairs: list, warmed: bool) -> dict:
-    """A cell's summary row: medians of each side, the pairs' ratios, and every pair."""
+def _speed_row(batch: int, n: int, pairs: list, warmed: bool, per_step: int = 1) -> dict:
+    """A cell's summary row: medians of each side, the pairs' ratios, and every pair. ``n``
+    steps of ``per_step`` generated tokens each (D action tokens a step, ``data=lerobot``):
+    ``new_tokens`` and the rates count tokens, ``new_steps`` the steps (only where
+    ``per_step`` > 1: the course's rows keep their keys)."""
     ratios = [p["speedup"] for p in pairs]
     on_s = statistics.median(p["cache_on_s"] for p in pairs)
     off_s = statistics.median(p["cache_off_s"] for p in pairs)
-    return {"batch_size": batch, "new_tokens": n, "repeats": len(pairs),
+    tokens = n * per_step
+    steps = {"new_steps": n} if per_step > 1 else {}
+    return {"batch_size": batch, **steps, "new_tokens": tokens, "repeats": len(pairs),
             "warm_up": "per cell" if warmed else "per batch size",
             "cache_on_s": on_s, "cache_off_s": off_s,
-            "tokens_per_s_cache_on": batch * n / on_s,
-            "tokens_per_s_cache_off": batch * n / off_s,
+            "tokens_per_s_cache_on": batch * tokens / on_s,
+            "tokens_per_s_cache_off": batch * tokens / off_s,
             "speedup": statistics.median(ratios),
             "speedup_min": min(ratios), "speedup_max": max(ratios), "pairs": pairs}
 

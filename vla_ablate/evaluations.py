@@ -50,8 +50,7 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                                                                             device))
     prompts, given, new = consistency_inputs(cfg, layout, val_actions, robot)
     first = None if given is None else given[:4, :new]
-    ranges = None if robot is None else [(r.start, r.stop) for r in map(layout.action_range,
-                                                                        range(layout.actions))]
+    ranges = None if robot is None else layout.action_ranges()
     with step():
         consistency = evaluate.kv_cache_consistency(gen_model, prompts[:4], new, device,
                                                     given=first, step_ranges=ranges)

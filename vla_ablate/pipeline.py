@@ -145,7 +145,7 @@ def summarise(cfg, job, result: dict, train_dir: Path, trained_here: bool, threa
         **({} if job.robot is None else {"data": "lerobot"}),
         "val_loss": val_loss, "val_perplexity": evaluate.perplexity(val_loss),
         # the one figure comparable across token layouts: the action tokens a_1..a_{T-1} alone
-        "val_action_loss": (val_loss if job.layout.name == "action"
+        "val_action_loss": (val_loss if job.layout.all_action_targets
                             else result.get("val_action_loss")),
         "train_loss": result["train_loss"], "best_val_loss": result["best_val_loss"],
         "steps": result["steps"], "train_time_s": result["train_time_s"],
@@ -243,8 +243,11 @@ def read_robot(cfg, layout: TokenLayout) -> RobotData:
     d, e = cfg.data, cfg.eval
     try:
         episodes = read_lerobot(d.root, d.action_key, d.state_key if layout.state else None)
+        # data.root as resolve_data_path left it (absolute; a repo_id's fetched copy): the
+        # tokenizer file beside the model records it, for sample and check_cache
         robot = RobotData.build(episodes, layout, d.window, d.train_split, d.seed, cfg.seed,
-                                tokenizer_of(cfg)["name"])
+                                tokenizer_of(cfg)["name"],
+                                dataset={"root": str(d.root), "repo_id": d.repo_id})
         if e.enabled:  # a rollout's states come from one episode
             robot.rollouts(e.gen_prompt_len, max(e.gen_new_tokens))
     except DataError as err:

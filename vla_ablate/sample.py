@@ -164,7 +164,7 @@ def sample_robot(args, checkpoint, robot, source: str) -> int:
                            f"steps or the {fits} the model holds")
     seq = robot.sequences[e][: (K + new) * P]
     given = seq[K * P :].view(1, new, P)[..., :S] if S else None
-    ranges = [(r.start, r.stop) for r in map(layout.action_range, range(D))]
+    ranges = layout.action_ranges()
     offsets = torch.arange(D) * layout.action_bins
 
     def decoded(out):  # generated sequences (B, L) -> their actions (B, new, D), data's units

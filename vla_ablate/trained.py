@@ -153,13 +153,27 @@ def robot_data(checkpoint: Path) -> tuple[RobotData, str] | None:
     if not path.is_file():
         return None
     cfg, run_dir = run_config(checkpoint)
-    data = (cfg or {}).get("data") or {}
-    if not data.get("root"):
+    if cfg is None:
         raise CommandError(f"{checkpoint} was trained on a LeRobot dataset, but no run folder "
-                           "beside it names the dataset (data.root in .hydra/config.yaml)")
+                           "beside it holds its settings (.hydra/config.yaml)")
+    data = cfg.get("data") or {}
     try:
         tokenizers = Tokenizers.load(path)
-        episodes = read_lerobot(data["root"], data.get("action_key", "action"),
+    except DataError as err:
+        raise CommandError(str(err)) from None
+    # the folder the job read, as it resolved it (a repo_id's fetched copy, a relative root made
+    # absolute): the run's config holds data.root as given; files from before name none
+    source = tokenizers.dataset or {"root": data.get("root"), "repo_id": data.get("repo_id")}
+    root, repo_id = source.get("root"), source.get("repo_id")
+    if not root:
+        raise CommandError(f"{checkpoint} was trained on a LeRobot dataset, but neither {path} "
+                           "nor the run's .hydra/config.yaml names its folder (data.root)")
+    if not Path(root).is_dir():
+        raise CommandError(f"{checkpoint} was trained on the LeRobot dataset in {root}"
+                           f"{f' (data.repo_id={repo_id})' if repo_id else ''}, which is not "
+                           "there any more; put a copy back at that path")
+    try:
+        episodes = read_lerobot(root, data.get("action_key", "action"),
                                 data.get("state_key") if tokenizers.state else None)
         layout = robot_layout(tokenizers.action.dims, tokenizers.state_names or None,
                               tokenizers.action.bins,
@@ -169,7 +183,7 @@ def robot_data(checkpoint: Path) -> tuple[RobotData, str] | None:
                                 int(cfg.get("seed", 42)), tokenizers.kind, tokenizers=tokenizers)
     except DataError as err:
         raise CommandError(str(err)) from None
-    return robot, (f"the LeRobot dataset {data['root']} of the run in {run_dir}, tokenized by "
+    return robot, (f"the LeRobot dataset {root} of the run in {run_dir}, tokenized by "
                    f"{path} ({tokenizers.kind}, {tokenizers.action.bins} bins)")
 
 

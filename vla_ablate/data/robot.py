@@ -46,9 +46,10 @@ class RobotData:
     @classmethod
     def build(cls, episodes: Episodes, layout: TokenLayout, window: int, train_split: float,
               data_seed: int, seed: int, kind: str, tokenizers: Tokenizers | None = None,
-              split: tuple[np.ndarray, np.ndarray] | None = None) -> RobotData:
+              split: tuple[np.ndarray, np.ndarray] | None = None,
+              dataset: dict | None = None) -> RobotData:
         """Split (unless ``split`` is given), fit (unless ``tokenizers`` are given: a trained
-        model's), tokenize. A dataset that cannot give a training and a validation window is a
+        model's; fitted ones record ``dataset``, ``Tokenizers.dataset``), tokenize. A dataset that cannot give a training and a validation window is a
         ``DataError``."""
         lengths = [len(a) for a in episodes.actions]
         if max(lengths, default=0) < window:
@@ -68,7 +69,8 @@ class RobotData:
             action, state = fit_tokenizers(episodes.actions, states, train, kind,
                                            layout.action_bins)
             tokenizers = Tokenizers(action, state, list(episodes.action_names),
-                                    list(episodes.state_names or []) if state else [])
+                                    list(episodes.state_names or []) if state else [],
+                                    dataset=dataset)
         data = cls(episodes, layout, tokenizers, train, val, window, seed, data_seed)
         data.sequences = [data.tokenize(e) for e in range(len(lengths))]
         return data

@@ -3,7 +3,9 @@
 ``uniform``: ``bins`` equal bins between each dimension's 1st and 99th percentile (values
 beyond fall in the end bins), as RT-2 and OpenVLA bin actions. ``quantile``: equal-mass bins
 (edges at the training values' quantiles). A token decodes to its bin's midpoint, so inside the
-fitted range a round trip is off by at most half a bin.
+fitted range a round trip is off by at most half a bin. A value repeated in a large share of the
+frames (a gripper's 0 and 1) gives ``quantile`` equal edges: the bins between them have no
+width, and that value is encoded into one of them, so it decodes to itself exactly.
 """
 
 from __future__ import annotations
@@ -47,24 +49,35 @@ class BinTokenizer:
             edges = lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, bins + 1)[None]
         else:
             edges = np.quantile(values, np.linspace(0, 1, bins + 1), axis=0).T
-            # repeated values give equal edges: spread them so every bin has a width
-            edges = np.maximum.accumulate(edges + np.arange(bins + 1) * 1e-9, axis=1)
+            # repeated values give equal edges, kept equal (encode puts such a value in a bin of
+            # no width); the running maximum only guards against rounding in the interpolation
+            edges = np.maximum.accumulate(edges, axis=1)
         return cls(kind, edges)
 
+    @property
+    def centers(self) -> np.ndarray:
+        """(D, bins): what each token decodes to, its bin's midpoint."""
+        return (self.edges[:, :-1] + self.edges[:, 1:]) / 2
+
     def encode(self, values: np.ndarray) -> np.ndarray:
-        """(..., D) values -> (..., D) int64 tokens in [0, bins)."""
+        """(..., D) values -> (..., D) int64 tokens in [0, bins): bin j holds
+        [edges[j], edges[j + 1]) (the end bins reach beyond), except that a value equal to two
+        or more edges goes in the bin of no width between them."""
         values = np.asarray(values, dtype=np.float64)
         tokens = np.empty(values.shape, dtype=np.int64)
         for d in range(self.dims):
-            inner = self.edges[d, 1:-1]  # bins - 1 inner edges
-            tokens[..., d] = np.searchsorted(inner, values[..., d], side="right")
+            edges, x = self.edges[d], values[..., d]
+            t = np.searchsorted(edges[1:-1], x, side="right")  # bins - 1 inner edges
+            # x == edges[t] == edges[t - 1]: bin t - 1 is [x, x], a repeated value's own bin
+            below = np.maximum(t - 1, 0)
+            own = (t > 0) & (edges[t] == x) & (edges[below] == x)
+            tokens[..., d] = np.where(own, below, t)
         return tokens
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
-        """(..., D) tokens -> (..., D) bin midpoints."""
+        """(..., D) tokens -> (..., D) bin midpoints (``centers``)."""
         tokens = np.clip(np.asarray(tokens, dtype=np.int64), 0, self.bins - 1)
-        mids = (self.edges[:, :-1] + self.edges[:, 1:]) / 2  # (D, bins)
-        return mids[np.arange(self.dims), tokens]
+        return self.centers[np.arange(self.dims), tokens]
 
     def round_trip_error(self, values: np.ndarray) -> np.ndarray:
         """Mean absolute error per dimension that binning alone imposes on ``values``."""
@@ -115,12 +128,16 @@ def fit_tokenizers(actions: list[np.ndarray], states: list[np.ndarray] | None,
 @dataclass
 class Tokenizers:
     """A dataset's fitted tokenizers, as a run folder keeps them (``runfolder.TOKENIZER``): the
-    actions', the states' (None where the layout has no state tokens) and the values' names."""
+    actions', the states' (None where the layout has no state tokens) and the values' names.
+    ``dataset``: where the data came from, ``{"root": absolute folder, "repo_id": or None}``,
+    as the job resolved it (a fetched copy, a relative root made absolute), so the commands
+    that read a trained model find the same episodes; None in files from before it."""
 
     action: BinTokenizer
     state: BinTokenizer | None
     action_names: list[str]
     state_names: list[str]
+    dataset: dict | None = None
 
     @property
     def kind(self) -> str:
@@ -142,7 +159,8 @@ class Tokenizers:
 
         text = json.dumps({"kind": self.kind, "bins": self.action.bins,
                            "action": part(self.action, self.action_names),
-                           "state": part(self.state, self.state_names)})
+                           "state": part(self.state, self.state_names),
+                           **({} if self.dataset is None else {"dataset": self.dataset})})
         atomic_write(Path(path), text.encode())
 
     @classmethod
@@ -155,12 +173,16 @@ class Tokenizers:
             state = (None if raw["state"] is None else
                      BinTokenizer(kind, np.asarray(raw["state"]["edges"], dtype=np.float64)))
             names = [list(raw["action"]["names"]), [] if state is None else list(raw["state"]["names"])]
+            dataset = raw.get("dataset")
+            if dataset is not None and not (isinstance(dataset, dict)
+                                            and isinstance(dataset.get("root"), str)):
+                raise ValueError("its dataset has no root folder")
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"cannot read the tokenizer {path} ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
         if action.edges.ndim != 2 or (state is not None and state.edges.ndim != 2):
             raise DataError(f"cannot read the tokenizer {path} (its edges are not (D, bins + 1))")
-        return cls(action, state, *names)
+        return cls(action, state, *names, dataset=dataset)
 
 
 def _equal(a, b) -> bool:

@@ -103,6 +103,11 @@ class TokenLayout:
         """The token ids of action dimension i."""
         return range(i * self.action_bins, (i + 1) * self.action_bins)
 
+    def action_ranges(self) -> list[tuple[int, int]]:
+        """(first id, end id) of every action dimension's ids, in order: a step's ranges for
+        decoding one dimension at a time (``evaluate.kv_cache_consistency`` step_ranges)."""
+        return [(r.start, r.stop) for r in map(self.action_range, range(self.actions))]
+
     def step_sequences(self, state_bins, action_bins) -> torch.Tensor:
         """Sequences (N, T * per_step) from each step's bins: ``action_bins`` (N, T, D) and
         ``state_bins`` (N, T, S) in [0, bins) (None without state tokens); each value moves to
@@ -155,12 +160,19 @@ class TokenLayout:
         ``action`` mode (nothing is given, every new token is generated)."""
         return self.state_ids(states) if self.state else None
 
+    @property
+    def all_action_targets(self) -> bool:
+        """Whether every next-token target is an action token of step 1 on (the course's
+        ``action`` layout: one action token a step), so the objective is the action loss. With
+        D > 1 action tokens a step, a_0's dimensions 1..D-1 are targets too: not comparable."""
+        return not self.state and self.actions == 1
+
     def action_targets(self, length: int, from_step: int = 1) -> torch.Tensor | None:
         """Which of the ``length - 1`` next-token targets of a ``length``-token sequence are the
         action tokens a_from_step .. a_{T-1}; None: all of them (``action`` mode, from step 1).
 
         From step 1 these are the comparable figure: the actions both layouts predict."""
-        if not self.state and self.actions == 1 and from_step <= 1:
+        if self.all_action_targets and from_step <= 1:
             return None
         pos = torch.arange(1, length)  # the position each target sits at
         return self._is_action(pos) & (pos >= self.positions(from_step))

@@ -99,7 +99,8 @@ class _Run:
         self.tokens_per_step = tcfg.batch_size * (batches.actions.shape[1] - 1)
         self.train_loss = self.val_loss = self.val_action = None
         self.window_loss, self.window_steps = 0.0, 0
-        self.by_action = layout.name != "action"  # the records carry the action tokens' loss
+        # the records carry the action tokens' loss where it is not the objective's
+        self.by_action = not layout.all_action_targets
         self.pace = Pace(_sitting_clock, self.start)  # not budget's clock: it moves fake budgets
         self.window_t0 = self.pace.t0
         self.progress = _progress_bar(self.start, tcfg) if tcfg.progress else None

@@ -47,9 +47,10 @@ def validation_losses(model, seqs: torch.Tensor, device, layout: TokenLayout = A
                       precision: str = "fp32") -> tuple[float, float]:
     """(the training objective's loss, the action tokens' loss) on ``seqs``, from one pass.
 
-    With ``tokens=action`` both are the same number: every target is an action token."""
+    With the course's ``tokens=action`` both are the same number: every target is an action
+    token (``TokenLayout.all_action_targets``)."""
     losses = token_losses(model, seqs, device, precision=precision)
     objective = masked_mean(losses, layout.objective_targets(seqs.shape[1]))
-    if layout.name == "action":
+    if layout.all_action_targets:
         return objective, objective
     return objective, masked_mean(losses, layout.action_targets(seqs.shape[1]))
