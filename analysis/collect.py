@@ -137,8 +137,8 @@ def _training_config(job: Path, summary: dict) -> dict:
     return {k: v for k, v in config.items() if k != "seed"}
 
 
-# keys of Hydra's config that do not change training (vla_ablate/config.py, _NOT_TRAINING); the
-# analysis reads run folders only, so it keeps its own copy for jobs without training_config
+# keys of Hydra's config that do not change training (vla_ablate/config/identity.py,
+# _NOT_TRAINING); the analysis reads run folders only, so it keeps its own copy for jobs without training_config
 _BOOKKEEPING = {"data": ("cache_dir",),
                 "train": ("num_threads", "concurrent_jobs", "device", "share_models", "progress",
                           "compile", "checkpoint_minutes")}
@@ -167,7 +167,10 @@ def config_labels(configs: list[dict], with_tokens: bool = True, without=()) -> 
     another one).
     """
     tokens = tokens_labels(configs, without)
-    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(("pos.", "mask.", "tokens."))
+    # a LeRobot dataset's state column is read by the state_action layout alone (and recorded
+    # only there): part of the layout, so left out with it
+    layout_keys = ("pos.", "mask.", "tokens.") + (() if with_tokens else ("data.state_key",))
+    flat = [{k: v for k, v in _flatten(c).items() if not k.startswith(layout_keys)
              and not set(k.split(".")) & set(without)}
             | ({"tokens": t} if with_tokens else {}) for c, t in zip(configs, tokens)]
     return _differing(flat)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_cli_tools import assert_one_line_error, run_module
 
+from analysis.collect import config_labels
 from conftest import SMOKE, compose_cfg, run_cli
 from vla_ablate import evaluate, pipeline
 from vla_ablate import job as job_module
@@ -165,6 +166,13 @@ def test_a_sweep_over_pos_mask_and_tokenizer_runs_end_to_end(tmp_path):
         assert folder.parent.name == MODELS
         assert Tokenizers.load(folder / TOKENIZER).kind == s["tokenizer"]
         assert s["training_config"]["tokenizer"] == {"name": s["tokenizer"], "bins": 256}
+        # two action tokens a step: the comparable figure leaves out a_0 (whose second token
+        # is predictable from its first), so it is not the whole loss, and it is the last
+        # validation record's action loss
+        records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        last_val = [r for r in records if r["split"] == "val"][-1]
+        assert s["val_action_loss"] != s["val_loss"]
+        assert s["val_action_loss"] == pytest.approx(last_val["action_loss"])
     # one tokenizer, one floor: the round trip depends on the bins, not on the model
     for kind in ("uniform", "quantile"):
         floors = {json.dumps(s["action_error"]["round_trip"]) for s in summaries
@@ -360,6 +368,10 @@ def test_the_state_column_is_part_of_the_key_only_where_states_are_read(tmp_path
     assert training_config(states)["data"]["state_key"] == "observation.state"
     assert model_key(states) != model_key(robot_cfg(root, "tokens=state_action",
                                                     "data.state_key=observation.other"))
+    # the token-layout table pairs the two layouts on one dataset: the state column is part of
+    # the layout there, not a difference of configuration
+    labels = config_labels([training_config(action), training_config(states)], with_tokens=False)
+    assert labels[0] == labels[1]
 
 
 def test_a_hub_dataset_is_fetched_into_the_data_cache(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def run_evaluations(cfg, model, seen_actions, val_actions, device, run_dir, prec
                                                  given=given, step_ranges=ranges)
     out["kv_cache"] = {"consistency": consistency, "precision": precision, "speed": speed,
                        "concurrent_jobs": jobs_at_once(cfg)}
-    if robot is not None:  # new_tokens count steps: D generated tokens each
+    if robot is not None:  # eval.gen_new_tokens count steps of D tokens (rows: new_steps, new_tokens)
         out["kv_cache"]["generated_per_step"] = layout.actions
     if e.attention_maps:  # over steps: with state tokens, the rows that predict the actions
         with step():
