@@ -359,7 +359,11 @@ def tokenizers(runs, reference="uniform") -> pd.DataFrame:
 def tokenizer_markdown(tok: pd.DataFrame) -> str:
     """The tokenizer table in Markdown, with three significant digits of its smallest
     round-trip floor: errors in a dataset's own units can be 1e-4 (the arm's joint changes),
-    which the other tables' 4 decimals would show as 0.0002 or 0.0000."""
+    which the other tables' 4 decimals would show as 0.0002 or 0.0000. ``pairs`` is a count
+    (a float column only because the reference rows have none)."""
+    if len(tok) and "pairs" in tok:
+        tok = tok.assign(pairs=pd.Series([int(v) if pd.notna(v) else None for v in tok["pairs"]],
+                                         index=tok.index, dtype=object))
     return to_markdown(tok, digits=decimals(*tok["round_trip_floor"]) + 1 if len(tok) else 4)
 
 

@@ -556,3 +556,14 @@ def test_the_published_study_regenerates_without_a_tokenizer_table(tmp_path):
         assert (out / name).read_bytes() == (published / name).read_bytes(), name
     assert not any(out.glob("tokenizer.*"))
     assert "tokenizer" not in (out / "report.md").read_text().lower()
+
+
+def test_the_tokenizer_tables_pairs_are_counts():
+    import pandas as pd
+
+    from analysis import tables
+
+    tok = pd.DataFrame({"tokenizer": ["quantile", "uniform"], "round_trip_floor": [2e-4, 3e-4],
+                        "pairs": [3.0, float("nan")]})
+    rows = tables.tokenizer_markdown(tok).splitlines()[2:]
+    assert rows[0].endswith("| 3 |") and rows[1].endswith("| – |")
