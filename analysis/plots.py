@@ -114,13 +114,7 @@ def mask_losses(runs, path) -> Path | None:
         ax.set(xlabel="attention mask", ylabel="validation loss (nats/token)",
                title=f"{config}\npos={pos}" if several else f"pos={pos}")
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
-        ax.axis("off")
-    legend = axes[0].get_legend()
-    if legend is not None:
-        legend.remove()
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
-                   fontsize=9)
+    _blank_and_shared_legend(fig, axes, len(panels), ncols=2)
     fig.suptitle("Mask audit: teacher-forced vs prefix-only validation loss\n"
                  f"dots: one model (seed) each; bars: mean and 95% CI over seeds within one "
                  f"encoding, {_seeds(long, ['config', 'pos', 'mask'])}", fontsize=10)
@@ -405,15 +399,20 @@ def tokenizers(runs, path) -> Path | None:
         ax.grid(alpha=0.3)
     top = axes[0].get_ylim()[1]  # after every panel (shared): the floors lie near zero
     axes[0].set_ylim(0, top * 1.05)
-    for ax in axes[len(panels):]:
-        ax.axis("off")
-    legend = axes[0].get_legend()
-    if legend is not None:
-        legend.remove()
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3,
-                   fontsize=9)
+    _blank_and_shared_legend(fig, axes, len(panels), ncols=3)
     fig.suptitle("Action error by tokenizer, in the data's units (validation episodes)\n"
                  f"dots: one model (seed) each; bars: mean and 95% CI over seeds, "
                  f"{_seeds(long, ['config', 'pos', 'tokenizer'])}", fontsize=10)
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def _blank_and_shared_legend(fig, axes, used: int, ncols: int) -> None:
+    """Panels past ``used`` left blank; the first panel's legend moved below the figure."""
+    for ax in axes[used:]:
+        ax.axis("off")
+    legend = axes[0].get_legend()
+    if legend is not None:
+        legend.remove()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+                   ncols=ncols, fontsize=9)
