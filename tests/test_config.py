@@ -191,6 +191,11 @@ def test_recipe_keys_leave_the_published_models_keys_as_they_were(monkeypatch):
         key = config.model_key(changed, config.training_config(
             changed, device=torch.device("cpu"), precision="bf16"))
         assert key != "rope-causal-seed1-c84e757159", extra
+    # the preset of that recipe trains the same models (whatever the default recipe is)
+    preset = compose_cfg(["experiment=ablation", "seed=1", "pos=rope", "mask=causal",
+                          "train=cosine_2400"])
+    assert config.model_key(preset, config.training_config(
+        preset, device=torch.device("cpu"), precision="bf16")) == "rope-causal-seed1-c84e757159"
     # a rate equal to lr trains exactly as null does: the same model
     same = compose_cfg(old + ["train.embed_lr=3e-3", "train.head_lr=3e-3"])
     assert config.model_key(same, config.training_config(
