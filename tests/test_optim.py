@@ -34,7 +34,10 @@ def test_muon_is_torchs_kind_with_adamw_sized_updates():
 
 
 def tcfg(**over):
+    """The schema's train config at one rate for every group and weight decay on (the recipe
+    these tests were written for: train=cosine_2400's), with ``over`` on top."""
     cfg = OmegaConf.structured(TrainConfig())
+    over = {"embed_lr": None, "head_lr": None, "weight_decay": 0.1, **over}
     for key, value in over.items():
         cfg[key] = value
     return cfg

@@ -77,18 +77,18 @@ class CacheConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2400
+    steps: int = 1200
     batch_size: int = 64
     optimizer: str = "muon"  # muon (Muon for the blocks' matrices, AdamW for the rest) | adamw
-    lr: float = 3e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 60
+    lr: float = 3.4e-3  # Muon's (and AdamW's where embed_lr/head_lr are None)
+    min_lr: float = 0.0
+    warmup_steps: int = 30
     schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay; training/schedule.py)
     decay_frac: float = 0.3  # wsd: the share of the steps after warmup spent decaying
-    embed_lr: float | None = None  # AdamW's rate for the embeddings (None: lr; optim.py)
-    head_lr: float | None = None  # AdamW's rate for the output head and the norms (None: lr)
-    muon_momentum: float = 0.95
-    weight_decay: float = 0.1
+    embed_lr: float | None = 4.1e-2  # AdamW's rate for the embeddings (None: lr; optim.py)
+    head_lr: float | None = 3.9e-3  # AdamW's rate for the output head and the norms (None: lr)
+    muon_momentum: float = 0.9
+    weight_decay: float = 0.0
     grad_clip: float = 1.0
     log_every: int = 20
     eval_every: int = 100
