@@ -2,18 +2,24 @@
 over seeds, and the paired difference with its own interval.
 
     python benchmarks/recipe_pairs.py "new=RUNS_A" "today=RUNS_B" [--step 1200 1200]
+    python benchmarks/recipe_pairs.py "new=RUNS" "published=docs/results/2026-11-29/metrics.csv" \
+        --where pos=rope mask=causal
 
 Each RUNS folder holds one run per seed (a sweep over `seed`, or run folders side by side): every
 summary.json below it is read. ``--step A B`` takes the first side's validation loss at step A
 and the second's at step B from their metrics.jsonl (the whole split, evaluated every
 train.eval_every steps) instead of the final ones, so a longer run can be compared at an equal
-step. Seeds present in both are paired; the
+step. A side may instead be a ``metrics.csv`` that ``python -m analysis`` wrote (a committed
+study's curves, without its run folders): its rows are narrowed by ``--where KEY=VALUE ...``
+(columns of that file, e.g. pos=rope mask=causal), and a seed's loss is its whole-split
+validation loss at the step asked, or at its last step. Seeds present in both are paired; the
 interval of the difference is over those pairs (n pairs, n - 1 degrees of freedom).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -64,6 +70,38 @@ def losses_by_seed(folder: Path, step: int | None) -> dict[int, float]:
     return out
 
 
+def losses_from_csv(path: Path, step: int | None, where: dict[str, str]) -> dict[int, float]:
+    """Each seed's whole-split validation loss at ``step`` (None: its last) in an analysis
+    metrics.csv, over the rows that match ``where``; jobs that share a model (cache on and off)
+    hold the same curve, two different curves for one seed are an error."""
+    with path.open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"
+                and r.get("status", "completed") == "completed"]
+    missing = [k for k in where if rows and k not in rows[0]]
+    if missing:
+        raise SystemExit(f"error: {path} has no column {', '.join(missing)}")
+    rows = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    curves: dict[int, dict[str, dict[int, float]]] = {}
+    for r in rows:
+        curves.setdefault(int(r["seed"]), {}).setdefault(r["job"], {})[int(r["step"])] = float(
+            r["loss"])
+    out = {}
+    for seed, jobs in curves.items():
+        values = set()
+        for curve in jobs.values():
+            at = max(curve) if step is None else step
+            if at not in curve:
+                raise SystemExit(f"error: {path}: seed {seed} has no validation loss at step {at}")
+            values.add(curve[at])
+        if len(values) > 1:
+            raise SystemExit(f"error: {path} holds two different runs of seed {seed} for "
+                             f"{where or 'all rows'}: narrow it with --where")
+        out[seed] = values.pop()
+    if not out:
+        raise SystemExit(f"error: no validation rows in {path} match {where}")
+    return out
+
+
 def mean_interval(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% t-interval (nan for one value)."""
     n = len(values)
@@ -78,13 +116,21 @@ def main():
     parser.add_argument("runs", nargs=2, metavar="LABEL=RUNS")
     parser.add_argument("--step", type=int, nargs=2, metavar=("STEP_A", "STEP_B"),
                         help="compare at these steps of each (default: final losses)")
+    parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="rows of a metrics.csv side to keep, e.g. pos=rope mask=causal")
     args = parser.parse_args()
+    where = dict(item.partition("=")[::2] for item in args.where)
     sides = []
     for item, step in zip(args.runs, args.step or (None, None)):
         label, sep, folder = item.partition("=")
         if not sep:
             parser.error(f"give LABEL=RUNS, got '{item}'")
-        sides.append((label, losses_by_seed(Path(folder), step), step))
+        path = Path(folder)
+        if path.suffix == ".csv":
+            values = losses_from_csv(path, step, where)
+        else:
+            values = losses_by_seed(path, step)
+        sides.append((label, values, step))
     (label_a, a, step_a), (label_b, b, step_b) = sides
     print("| recipe | at step | seeds | validation loss per seed | mean ± 95% t-interval |")
     print("|---|---|---|---|---|")

@@ -180,3 +180,42 @@ def test_recipe_pairs_pairs_by_seed_at_the_steps_asked(tmp_path):
                 "--step", "600", "1200")
     assert "| new | 600 | 3 | 1: 1.9500, 2: 1.9600, 3: 1.9400 |" in out
     assert "(n = 3 pairs, df = 2): +0.0300 ± " in out and "new lower in 0 of 3 seeds" in out
+
+
+def test_recipe_pairs_reads_a_committed_studys_metrics_csv(tmp_path):
+    """A side given as an analysis metrics.csv: rows narrowed by --where, a seed's loss at the
+    step asked or its last; cache on and off (one model) count once, two curves are an error."""
+    import csv
+    import json
+
+    header = ["step", "split", "loss", "job", "pos", "mask", "cache", "seed", "status"]
+    rows = []
+    for pos, base in (("rope", 1.90), ("sinusoidal", 1.80)):
+        for seed in (1, 2):
+            for cache in ("on", "off"):
+                job = f"cache={cache},pos={pos},seed={seed}"
+                for step, loss in ((600, base + 0.05 + seed / 100), (1200, base + seed / 100)):
+                    rows.append([step, "val", loss, job, pos, "causal", cache, seed, "completed"])
+                rows.append([1200, "val_subset", 0.0, job, pos, "causal", cache, seed,
+                             "completed"])
+    table = tmp_path / "metrics.csv"
+    with table.open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    for seed, final in ((1, 1.905), (2, 1.915)):
+        job = tmp_path / "new" / f"seed={seed}"
+        job.mkdir(parents=True)
+        (job / "summary.json").write_text(json.dumps(
+            {"status": "completed", "seed": seed, "val_loss": final}))
+    out = bench("recipe_pairs.py", f"new={tmp_path / 'new'}", f"old={table}",
+                "--where", "pos=rope", "mask=causal")
+    assert "| old | final | 2 | 1: 1.9100, 2: 1.9200 |" in out
+    assert "(n = 2 pairs, df = 1): -0.0050 ± " in out and "new lower in 2 of 2 seeds" in out
+    out = bench("recipe_pairs.py", f"late={table}", f"early={table}",
+                "--where", "pos=sinusoidal", "--step", "1200", "600")
+    assert "| late | 1200 | 2 | 1: 1.8100, 2: 1.8200 |" in out
+    assert "| early | 600 | 2 | 1: 1.8600, 2: 1.8700 |" in out
+    # both encodings at once: two curves for a seed
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe_pairs.py"),
+                           f"new={tmp_path / 'new'}", f"old={table}"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "narrow it with --where" in proc.stderr
