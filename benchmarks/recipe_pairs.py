@@ -117,9 +117,14 @@ def main():
     parser.add_argument("--step", type=int, nargs=2, metavar=("STEP_A", "STEP_B"),
                         help="compare at these steps of each (default: final losses)")
     parser.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="rows of a metrics.csv side to keep, e.g. pos=rope mask=causal")
+                        help="rows of a metrics.csv side to keep, e.g. pos=rope mask=causal "
+                        "(both sides, where both are one; after the two LABEL=RUNS)")
     args = parser.parse_args()
     where = dict(item.partition("=")[::2] for item in args.where)
+    if any(not k or not v for k, v in where.items()) or len(where) != len(args.where):
+        parser.error(f"--where takes KEY=VALUE items, got {' '.join(args.where)}")
+    if where and not any(item.endswith(".csv") for item in args.runs):
+        parser.error("--where narrows a metrics.csv side; neither side is one")
     sides = []
     for item, step in zip(args.runs, args.step or (None, None)):
         label, sep, folder = item.partition("=")

@@ -219,3 +219,11 @@ def test_recipe_pairs_reads_a_committed_studys_metrics_csv(tmp_path):
                            f"new={tmp_path / 'new'}", f"old={table}"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "narrow it with --where" in proc.stderr
+    # --where applies to a metrics.csv side only, and only as KEY=VALUE
+    for sides, where, message in (
+            ([f"new={tmp_path / 'new'}", f"old={tmp_path / 'new'}"], ["pos=rope"],
+             "neither side is one"),
+            ([f"new={tmp_path / 'new'}", f"old={table}"], ["pos"], "takes KEY=VALUE")):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recipe_pairs.py"),
+                               *sides, "--where", *where], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr

@@ -318,6 +318,8 @@ def test_the_course_config_is_unchanged():
     # changed (issue #35): the recipe of then, train=cosine_2400, still gives it
     assert model_key(compose_cfg(["train=cosine_2400"])) == "rope-causal-seed42-65c2c2f0ef"
     cfg = compose_cfg([])
+    # and the default recipe's (issue #35; docs/benchmarks.md's default run trained it)
+    assert model_key(cfg) == "rope-causal-seed42-ed4e266a1b"
     training = training_config(cfg)
     assert "tokenizer" not in training and "tokens" not in training
     assert not {"name", "root", "repo_id", "window", "action_key", "state_key",

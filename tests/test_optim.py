@@ -225,3 +225,21 @@ def test_muon_runs_its_iterations_in_bf16_only_where_bf16_is_native(monkeypatch,
     assert "repeat its settings" not in str(info.value)  # no setting differs
     adamw = compose_cfg(["train.device=cpu", "train.optimizer=adamw"])
     assert "muon_newton_schulz" not in run.training_config(adamw)["train"]
+
+
+def test_the_default_recipe_gives_each_group_its_own_rate():
+    """conf/train/default.yaml (issue #35): Muon's lr for the blocks' matrices, AdamW at 12x it
+    for the embeddings and ~1.15x for the head and norms, no weight decay anywhere; the schema's
+    defaults say the same."""
+    from conftest import compose_cfg
+
+    train = compose_cfg([]).train
+    for key in ("steps", "lr", "embed_lr", "head_lr", "min_lr", "warmup_steps", "weight_decay",
+                "muon_momentum", "schedule"):
+        assert train[key] == getattr(TrainConfig(), key), key
+    assert train.steps == 1200
+    model = DecoderOnlyTransformer(**ARGS)
+    opt = make_optimizer(model, train)
+    # Muon; AdamW: embedding; head; norms' gains (the last two at head_lr)
+    assert opt.lr_scales == pytest.approx([1.0, 0.041 / 0.0034, 0.0039 / 0.0034, 0.0039 / 0.0034])
+    assert all(g["weight_decay"] == 0 for g in opt.param_groups)

@@ -231,6 +231,7 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, reference_
 def test_diverging_job_does_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", *SMOKE, "train.lr=3e-3,1e6", "train.min_lr=0", "eval.enabled=false",
+                    "train.embed_lr=null", "train.head_lr=null",  # lr for every group
                     f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
                    cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "1 job(s) did not complete" in proc.stderr

@@ -242,6 +242,7 @@ def test_parallel_sweep_with_a_failed_job_exits_1(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     proc = run_cli(["-m", *launcher, *SMOKE,
                     "train.lr=3e-3,1e6", "train.min_lr=0", "eval.enabled=false",
+                    "train.embed_lr=null", "train.head_lr=null",  # lr for every group
                     f"hydra.sweep.dir={sweep}", f"data.cache_dir={tmp_path / 'ds'}"],
                    cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr

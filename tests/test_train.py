@@ -223,7 +223,8 @@ def test_corrupt_newest_checkpoint_falls_back(tmp_path, actions):
 
 def test_divergence_is_detected_and_reported(tmp_path, actions):
     _, result = fresh_run(tmp_path, actions, tcfg(lr=1e6, min_lr=1e6, warmup_steps=0,
-                                                  grad_clip=1e9))
+                                                  grad_clip=1e9, embed_lr=None,
+                                                  head_lr=None))
     assert result.status == "diverged"
     assert 1 <= result.diverged_step <= 24
     assert (tmp_path / "train_done.json").exists()
