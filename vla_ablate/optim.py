@@ -131,6 +131,12 @@ def newton_schulz_precision(device: torch.device) -> str:
     return "bf16" if bf16_native(device) else "fp32"
 
 
+def own_rate(rate: float | None, lr: float) -> float | None:
+    """``train.embed_lr`` or ``train.head_lr`` as it trains: None where it is null or equal to
+    ``lr`` (the same groups, so the same model; ``config.identity`` keys models by it too)."""
+    return None if rate is None or rate == lr else rate
+
+
 def _adamw_groups(rest, tcfg) -> tuple[list[dict], list[float]]:
     """The AdamW parameter groups and each one's learning rate as a multiple of ``train.lr``.
 
@@ -142,9 +148,8 @@ def _adamw_groups(rest, tcfg) -> tuple[list[dict], list[float]]:
     side of each block; any other matrix at ``lr``. Each follows the schedule scaled by its rate
     over ``lr``.
     """
-    embed_lr, head_lr = getattr(tcfg, "embed_lr", None), getattr(tcfg, "head_lr", None)
-    embed_lr = None if embed_lr == tcfg.lr else embed_lr  # the same training as null: the same
-    head_lr = None if head_lr == tcfg.lr else head_lr     # groups (and the same model key)
+    embed_lr = own_rate(getattr(tcfg, "embed_lr", None), tcfg.lr)
+    head_lr = own_rate(getattr(tcfg, "head_lr", None), tcfg.lr)
     decay = [p for _, p in rest if p.dim() >= 2]
     no_decay = [p for _, p in rest if p.dim() < 2]
     if embed_lr is None and head_lr is None:

@@ -15,7 +15,7 @@ from vla_ablate.data.lerobot import read_info
 from vla_ablate.data.robot_config import is_lerobot, tokenizer_of
 from vla_ablate.errors import ConfigError, DataError
 from vla_ablate.host import pick_device
-from vla_ablate.optim import newton_schulz_precision
+from vla_ablate.optim import newton_schulz_precision, own_rate
 from vla_ablate.precision import resolve_precision
 
 # data=lerobot's keys: left out of the training config of the course's data (its folders and
@@ -39,7 +39,7 @@ def _without_legacy(train: dict) -> dict:
     """``train`` less the recipe keys that hold their ``_LEGACY_TRAIN`` values."""
     legacy = dict(_LEGACY_TRAIN)
     for key in ("embed_lr", "head_lr"):  # a rate equal to lr trains as null does
-        if train.get(key) == train.get("lr"):
+        if own_rate(train.get(key), train.get("lr")) is None:
             legacy[key] = train.get(key)
     if train.get("schedule", "cosine") == "cosine":
         legacy["decay_frac"] = train.get("decay_frac")
