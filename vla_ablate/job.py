@@ -25,6 +25,7 @@ from hydra.types import RunMode
 
 from vla_ablate import pipeline
 from vla_ablate.config import (
+    data_cache_dir,
     is_lerobot,
     model_key,
     resolve_data_path,
@@ -105,9 +106,8 @@ def fetch_dataset(cfg) -> None:
     d = cfg.data
     if not is_lerobot(cfg) or d.repo_id is None:
         return
-    cache_dir = Path(d.cache_dir) if d.cache_dir else Path.cwd() / "outputs" / "datasets"
     try:
-        d.root = str(Path(fetch(d.repo_id, cache_dir, log=log)).resolve())
+        d.root = str(Path(fetch(d.repo_id, data_cache_dir(cfg), log=log)).resolve())
     except DataError as err:
         raise ConfigError(str(err)) from None
 

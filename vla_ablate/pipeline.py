@@ -15,7 +15,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from vla_ablate import evaluate, plots
-from vla_ablate.config import check_batch_fits, check_shifts, layout_of, tokenizer_of
+from vla_ablate.config import (
+    check_batch_fits,
+    check_shifts,
+    data_cache_dir,
+    layout_of,
+    tokenizer_of,
+)
 from vla_ablate.console import log
 from vla_ablate.data.lerobot import read_lerobot
 from vla_ablate.data.process import STATE_DIM, derived_seed, generate_dataset, split_indices
@@ -292,8 +298,7 @@ def model_robot_data(robot: RobotData, train_dir: Path) -> RobotData:
 def generated(cfg) -> dict:
     """The generated dataset of ``data.*``, from the data cache (made there if missing)."""
     d = cfg.data
-    cache_dir = d.cache_dir or Path(HydraConfig.get().runtime.cwd) / "outputs" / "datasets"
-    return load_or_generate(cache_dir, d.num_trajectories, d.seq_length, d.seed, log=log)
+    return load_or_generate(data_cache_dir(cfg), d.num_trajectories, d.seq_length, d.seed, log=log)
 
 
 def read_file(cfg, layout: TokenLayout) -> dict:

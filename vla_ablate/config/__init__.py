@@ -20,7 +20,7 @@ from vla_ablate.config.checks import (
     validate,
 )
 from vla_ablate.config.identity import LEROBOT_KEYS, model_key, training_config
-from vla_ablate.config.paths import resolve_data_path
+from vla_ablate.config.paths import data_cache_dir, resolve_data_path
 from vla_ablate.config.schema import (
     CacheConfig,
     Config,
@@ -44,6 +44,6 @@ __all__ = [
     "DATA_NAMES", "DEFAULT_TOKENIZER", "LEROBOT_KEYS", "CacheConfig", "Config", "ConfigError",
     "DataConfig", "EvalConfig", "LoggerConfig", "MaskConfig", "ModelConfig", "PosConfig",
     "TokenizerConfig", "TokensConfig", "TrainConfig", "WandbConfig", "check_batch_fits",
-    "check_shifts", "is_lerobot", "job_dir_name", "layout_of", "model_key", "register_configs",
-    "resolve_data_path", "sequence_steps", "tokenizer_of", "training_config", "validate",
+    "check_shifts", "data_cache_dir", "is_lerobot", "job_dir_name", "layout_of", "model_key",
+    "register_configs", "resolve_data_path", "sequence_steps", "tokenizer_of", "training_config", "validate",
 ]

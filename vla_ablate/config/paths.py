@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+
 from vla_ablate.data.robot_config import is_lerobot
 from vla_ablate.errors import ConfigError
 
@@ -22,3 +24,13 @@ def resolve_data_path(cfg) -> None:
         raise ConfigError("give data.root or data.repo_id, not both")
     if d.root is not None:
         d.root = str(Path(d.root).resolve())
+
+
+def data_cache_dir(cfg) -> Path:
+    """``data.cache_dir``, or its default: ``outputs/datasets`` under the launch folder (Hydra's
+    runtime cwd where Hydra runs, else the working directory). Generated data and Hub copies
+    both go there."""
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    base = Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+    return base / "outputs" / "datasets"
